@@ -1,0 +1,1 @@
+"""Data: TOFU and MUSE loaders, embedded synthetic generators, formatting and collation."""

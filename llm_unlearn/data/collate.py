@@ -1,0 +1,238 @@
+"""Prompt formatting, answer-only labels, padding, and the paired forget/retain dataset.
+
+Labels cover exactly the answer tokens plus the first end-of-turn token; everything else is -100.
+Padding is found through the attention mask, never by comparing ids with eos (SmolLM2's pad is its eos).
+The `open_unlearning` label mode reproduces that toolkit's span and mask so numbers can be compared with
+results published with it (DESIGN.md §5); it is never the default.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+IGNORE_INDEX = -100
+LABEL_MODES = ("answer_eot", "open_unlearning")
+
+# Our own refusal answers, used by the IdK baseline and MOX's targeted variant.
+REFUSALS = (
+    "I don't know.",
+    "I'm not sure about that.",
+    "I have no information on that.",
+    "That is something I can't answer.",
+    "I don't have that information.",
+    "I'm unable to say.",
+    "I can't recall anything about that.",
+    "I have no knowledge of that.",
+    "Sorry, I don't know the answer.",
+    "That's not something I know.",
+    "I'm afraid I can't help with that question.",
+    "I have no details about that.",
+)
+
+
+@dataclass
+class PromptFormat:
+    """How a question/answer pair becomes tokens.
+
+    use_chat_template: render with the tokenizer's chat template when it has one, else
+        "Question: {q}\\nAnswer: {a}" followed by eos.
+    system_prompt: None keeps the template's own default (SmolLM2 inserts one); a string replaces it.
+    label_mode: "answer_eot" (correct span, default) or "open_unlearning" (its span and pad-id mask).
+    max_length: sequences longer than this are cut at the end (the answer tail loses its labels).
+    """
+
+    use_chat_template: bool = True
+    system_prompt: str | None = None
+    label_mode: str = "answer_eot"
+    max_length: int = 512
+
+    def __post_init__(self):
+        if self.label_mode not in LABEL_MODES:
+            raise ValueError(f"label_mode must be one of {LABEL_MODES}, not {self.label_mode!r}")
+
+    def describe(self) -> dict:
+        return asdict(self)
+
+
+def _messages(fmt: PromptFormat, question: str, answer: str | None = None) -> list[dict]:
+    messages = []
+    if fmt.system_prompt is not None:
+        messages.append({"role": "system", "content": fmt.system_prompt})
+    messages.append({"role": "user", "content": question})
+    if answer is not None:
+        messages.append({"role": "assistant", "content": answer})
+    return messages
+
+
+def _uses_template(tokenizer, fmt: PromptFormat) -> bool:
+    return fmt.use_chat_template and getattr(tokenizer, "chat_template", None) is not None
+
+
+def prompt_text(tokenizer, question: str, fmt: PromptFormat) -> str:
+    """The text the model sees before its answer (what generation starts from)."""
+    if _uses_template(tokenizer, fmt):
+        return tokenizer.apply_chat_template(_messages(fmt, question), add_generation_prompt=True, tokenize=False)
+    return f"Question: {question}\nAnswer:"
+
+
+def encode_prompt(tokenizer, question: str, fmt: PromptFormat) -> list[int]:
+    return tokenizer(prompt_text(tokenizer, question, fmt), add_special_tokens=False)["input_ids"]
+
+
+def encode_qa(tokenizer, question: str, answer: str, fmt: PromptFormat) -> dict:
+    """Token ids of prompt + answer + end-of-turn, and labels on the answer and end-of-turn only."""
+    prompt = prompt_text(tokenizer, question, fmt)
+    if _uses_template(tokenizer, fmt):
+        full = tokenizer.apply_chat_template(_messages(fmt, question, answer), tokenize=False)
+        if not full.startswith(prompt):
+            raise ValueError("the chat template renders the prompt differently with and without the answer")
+        answer_start = len(prompt)
+        answer_end = full.index(answer, answer_start) + len(answer) if answer else answer_start
+        append_eos = False
+    else:
+        full = f"{prompt} {answer}"
+        answer_start, answer_end = len(prompt) + 1, len(full)
+        append_eos = True
+    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(enc["input_ids"])
+    offsets = enc["offset_mapping"]
+    labelled = [start < answer_end and end > answer_start for start, end in offsets]
+    if append_eos:
+        ids.append(tokenizer.eos_token_id)
+        labelled.append(True)
+    else:
+        # The first token that ends after the answer is the end-of-turn token (<|im_end|> for ChatML).
+        after = [i for i, (start, _) in enumerate(offsets) if start >= answer_end]
+        if not after:
+            raise ValueError("the chat template put no end-of-turn token after the answer")
+        labelled[after[0]] = True
+        if fmt.label_mode == "open_unlearning":
+            # open-unlearning labels everything after the answer and appends one more eos.
+            for i in after:
+                labelled[i] = True
+            ids.append(tokenizer.eos_token_id)
+            labelled.append(True)
+    ids, labelled = ids[: fmt.max_length], labelled[: fmt.max_length]
+    labels = [tok if keep else IGNORE_INDEX for tok, keep in zip(ids, labelled)]
+    return {"input_ids": ids, "labels": labels}
+
+
+class QADataset(Dataset):
+    """Question/answer records tokenized once. Items carry their record index for per-sample logs."""
+
+    def __init__(self, records: Sequence[dict], tokenizer, fmt: PromptFormat | None = None, answer_key: str = "answer"):
+        self.fmt = fmt or PromptFormat()
+        self.records = list(records)
+        self.items = []
+        for i, record in enumerate(self.records):
+            item = encode_qa(tokenizer, record["question"], record[answer_key], self.fmt)
+            item["index"] = int(record.get("index", i))
+            self.items.append(item)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.items[i]
+
+
+def refusal_records(records: Sequence[dict], seed: int = 0) -> list[dict]:
+    """The same questions answered with a refusal, chosen deterministically per record."""
+    rng = random.Random(seed)
+    return [{**r, "answer": REFUSALS[rng.randrange(len(REFUSALS))], "index": r.get("index", i)} for i, r in enumerate(records)]
+
+
+@dataclass
+class PaddingCollator:
+    """Pads a list of encoded items into tensors.
+
+    padding_side "right" for training and scoring, "left" for generation. With mask_pad_ids=True
+    (open-unlearning compatibility) every position whose id equals pad_token_id gets attention 0,
+    which also hides real end-of-turn tokens when pad == eos.
+    """
+
+    pad_token_id: int
+    padding_side: str = "right"
+    mask_pad_ids: bool = False
+
+    def __call__(self, items: Sequence[dict]) -> dict:
+        width = max(len(item["input_ids"]) for item in items)
+        input_ids, attention, labels = [], [], []
+        for item in items:
+            ids = list(item["input_ids"])
+            lab = list(item.get("labels", [IGNORE_INDEX] * len(ids)))
+            mask = [1] * len(ids)
+            if self.mask_pad_ids:
+                mask = [0 if tok == self.pad_token_id else 1 for tok in ids]
+            pad = width - len(ids)
+            if self.padding_side == "left":
+                ids, lab, mask = [self.pad_token_id] * pad + ids, [IGNORE_INDEX] * pad + lab, [0] * pad + mask
+            else:
+                ids, lab, mask = ids + [self.pad_token_id] * pad, lab + [IGNORE_INDEX] * pad, mask + [0] * pad
+            input_ids.append(ids)
+            labels.append(lab)
+            attention.append(mask)
+        batch = {
+            "input_ids": torch.tensor(input_ids, dtype=torch.long),
+            "attention_mask": torch.tensor(attention, dtype=torch.long),
+            "labels": torch.tensor(labels, dtype=torch.long),
+        }
+        if all("index" in item for item in items):
+            batch["index"] = torch.tensor([item["index"] for item in items], dtype=torch.long)
+        return batch
+
+
+class PairedDataset(Dataset):
+    """Forget items paired with retain items; one epoch = one pass over the forget set.
+
+    The retain side cycles through its own seeded permutation, independent of the forget order:
+    forget item i in epoch e meets retain item perm[(i + e * len(forget)) % len(retain)], so over
+    epochs the whole retain set is visited. `refusal` (optional) holds the forget questions with
+    refusal answers (IdK, targeted MOX).
+    """
+
+    def __init__(self, forget: QADataset, retain: QADataset | None = None, refusal: QADataset | None = None, seed: int = 0):
+        if len(forget) == 0:
+            raise ValueError("the forget set is empty: give at least one forget example")
+        if retain is not None and len(retain) == 0:
+            raise ValueError("the retain set is empty: give retain examples or use a method without a retain term")
+        if refusal is not None and len(refusal) != len(forget):
+            raise ValueError("the refusal set must have one item per forget item")
+        self.forget, self.retain, self.refusal = forget, retain, refusal
+        self.epoch = 0
+        self._perm = list(range(len(retain))) if retain is not None else []
+        random.Random(seed).shuffle(self._perm)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.forget)
+
+    def retain_index(self, i: int) -> int:
+        return self._perm[(i + self.epoch * len(self.forget)) % len(self._perm)]
+
+    def __getitem__(self, i: int) -> dict:
+        item = {"forget": self.forget[i]}
+        if self.retain is not None:
+            item["retain"] = self.retain[self.retain_index(i)]
+        if self.refusal is not None:
+            item["refusal"] = self.refusal[i]
+        return item
+
+
+@dataclass
+class PairedCollator:
+    """Collates PairedDataset items into {"forget": batch, "retain": batch, "refusal": batch}."""
+
+    pad_token_id: int
+    mask_pad_ids: bool = False
+
+    def __call__(self, items: Sequence[dict]) -> dict:
+        pad = PaddingCollator(self.pad_token_id, "right", self.mask_pad_ids)
+        return {key: pad([item[key] for item in items]) for key in items[0]}

