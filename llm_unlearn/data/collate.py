@@ -9,8 +9,8 @@ results published with it (DESIGN.md §5); it is never the default.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 import torch
 from torch.utils.data import Dataset
@@ -144,7 +144,10 @@ class QADataset(Dataset):
 def refusal_records(records: Sequence[dict], seed: int = 0) -> list[dict]:
     """The same questions answered with a refusal, chosen deterministically per record."""
     rng = random.Random(seed)
-    return [{**r, "answer": REFUSALS[rng.randrange(len(REFUSALS))], "index": r.get("index", i)} for i, r in enumerate(records)]
+    return [
+        {**r, "answer": REFUSALS[rng.randrange(len(REFUSALS))], "index": r.get("index", i)}
+        for i, r in enumerate(records)
+    ]
 
 
 @dataclass
@@ -196,7 +199,9 @@ class PairedDataset(Dataset):
     refusal answers (IdK, targeted MOX).
     """
 
-    def __init__(self, forget: QADataset, retain: QADataset | None = None, refusal: QADataset | None = None, seed: int = 0):
+    def __init__(
+        self, forget: QADataset, retain: QADataset | None = None, refusal: QADataset | None = None, seed: int = 0
+    ):
         if len(forget) == 0:
             raise ValueError("the forget set is empty: give at least one forget example")
         if retain is not None and len(retain) == 0:

@@ -1,0 +1,295 @@
+"""The one base every unlearning trainer shares.
+
+It owns: paired forget/retain batches, the reference model policy, answer-token NLL and log-prob helpers,
+the retain term, logging of every loss term, and the finite-loss guard. Each method is a small subclass
+that overrides `compute_loss` (or `training_step` when it owns the backward) and nothing else of this.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from ..data.collate import IGNORE_INDEX, PairedCollator
+from ..models import is_peft_model
+from ..utils import atomic_write_json
+
+logger = logging.getLogger(__name__)
+
+RETAIN_LOSSES = ("nll", "kl")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss term or gradient became NaN/inf; the message names the step, the term and the last checkpoint."""
+
+
+@dataclass
+class UnlearnConfig(TrainingArguments):
+    """Fields every method shares; each method's config extends this with its own hyper-parameters.
+
+    TrainingArguments defaults changed here: lr 1e-5 and weight decay 0.01 (MOX paper), no column
+    removal (batches are nested forget/retain dicts), no integrations, and linear decay.
+    """
+
+    learning_rate: float = field(default=1e-5, metadata={"help": "Peak learning rate (AdamW)."})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
+    num_train_epochs: float = field(default=5.0, metadata={"help": "Passes over the forget set."})
+    per_device_train_batch_size: int = field(
+        default=8, metadata={"help": "Forget (and retain) rows per device per step."}
+    )
+    lr_scheduler_type: str = field(default="linear", metadata={"help": "Learning-rate schedule after warm-up."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Must stay False: batches are nested dicts."})
+    report_to: None | str | list[str] = field(default="none", metadata={"help": "Trainer integrations to log to."})
+    save_strategy: str = field(default="no", metadata={"help": "'steps'/'epoch' to write resumable checkpoints."})
+    logging_steps: float = field(default=1, metadata={"help": "Log every loss term every N steps."})
+    forget_nll_bound: float | None = field(
+        default=30.0,
+        metadata={"help": "Report a run-away forget loss when the forget NLL exceeds this (GA-family collapse)."},
+    )
+    kl_positions: str = field(
+        default="answer",
+        metadata={
+            "help": "Retain-KL positions: 'answer' (answer + end-of-turn tokens) or 'all' (every non-pad token)."
+        },
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.remove_unused_columns:
+            raise ValueError("remove_unused_columns must be False for unlearning trainers (batches are nested dicts)")
+        if self.kl_positions not in ("answer", "all"):
+            raise ValueError(f"kl_positions must be 'answer' or 'all', not {self.kl_positions!r}")
+
+
+def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, not {value!r}")
+
+
+def answer_token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-position log p(label) for shifted labels, and the mask of scored positions (labels != -100)."""
+    logits = logits[:, :-1].float()
+    targets = labels[:, 1:]
+    mask = targets != IGNORE_INDEX
+    safe = targets.masked_fill(~mask, 0)
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, safe.unsqueeze(-1)).squeeze(-1)
+    return logp * mask, mask
+
+
+def sequence_stats(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-sample (mean answer NLL, summed answer log-prob, answer token count)."""
+    logp, mask = answer_token_logprobs(logits, labels)
+    count = mask.sum(-1)
+    summed = logp.sum(-1)
+    if (count == 0).any():
+        raise ValueError("a sample has no answer tokens to score (answer cut by max_length?)")
+    return -summed / count, summed, count
+
+
+def token_kl(ref_logits: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Token-mean KL(p_ref || p_theta) over the positions in `mask` (shifted like the labels)."""
+    ref_logp = torch.log_softmax(ref_logits[:, :-1].float(), dim=-1)
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    per_token = (ref_logp.exp() * (ref_logp - logp)).sum(-1)
+    mask = mask.to(per_token.dtype)
+    return (per_token * mask).sum() / mask.sum().clamp_min(1)
+
+
+def forward_logits(model, batch: dict) -> torch.Tensor:
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+
+class _EpochAndGuardCallback(TrainerCallback):
+    """Moves the paired dataset's retain cycle each epoch, and refuses non-finite gradients."""
+
+    def __init__(self, trainer: UnlearningTrainer):
+        self.trainer = trainer
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        dataset = self.trainer.train_dataset
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(int(state.epoch or 0))
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        for name, param in self.trainer.model.named_parameters():
+            if param.grad is not None and not torch.isfinite(param.grad).all():
+                self.trainer.fail_non_finite(f"gradient of {name}")
+
+
+class UnlearningTrainer(Trainer):
+    """Trainer over PairedDataset batches {"forget", "retain", "refusal"}.
+
+    Subclasses set `needs_reference` when their loss uses θ_ref. The reference is the adapter turned off
+    for a PEFT model (exact when the adapter trains no biases), else `ref_model`, a frozen second copy
+    that the caller loads with from_pretrained only for such methods.
+    """
+
+    needs_reference: ClassVar[bool] = False
+    needs_retain: ClassVar[bool] = True
+    needs_refusal: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        model,
+        args: UnlearnConfig,
+        train_dataset=None,
+        data_collator=None,
+        processing_class=None,
+        callbacks: list | None = None,
+        ref_model=None,
+    ):
+        if data_collator is None:
+            pad_id = getattr(processing_class, "pad_token_id", None)
+            if pad_id is None:
+                raise ValueError("pass processing_class (the tokenizer) or a data_collator to pad batches")
+            data_collator = PairedCollator(pad_id)
+        super().__init__(
+            model=model,
+            args=args,
+            train_dataset=train_dataset,
+            data_collator=data_collator,
+            processing_class=processing_class,
+            callbacks=callbacks,
+        )
+        # Our losses are already means; the Trainer must still divide by accumulation steps.
+        self.model_accepts_loss_kwargs = False
+        self.ref_model = None
+        if self.uses_reference():
+            self._setup_reference(ref_model)
+        self._terms: dict[str, list[float]] = defaultdict(list)
+        self.runaway_steps: list[int] = []
+        self.add_callback(_EpochAndGuardCallback(self))
+
+    # --- reference model ---------------------------------------------------------------------------
+
+    def uses_reference(self) -> bool:
+        """Whether this configuration's loss needs θ_ref; methods with options extend this."""
+        return self.needs_reference or getattr(self.args, "retain_loss", None) == "kl"
+
+    def _setup_reference(self, ref_model) -> None:
+        if is_peft_model(self.model):
+            config = self.model.peft_config[self.model.active_adapter]
+            if getattr(config, "bias", "none") != "none":
+                raise ValueError(
+                    "the reference is the adapter turned off, which is not exact when the adapter trains biases: "
+                    "use LoRA with bias='none'"
+                )
+            if ref_model is not None:
+                logger.warning("ref_model ignored: with a PEFT model the reference is the adapter turned off")
+            return
+        if ref_model is None:
+            raise ValueError(
+                f"{type(self).__name__} with these settings needs the reference model θ_ref: wrap the model with "
+                "LoRA (the reference is then the adapter turned off), or pass ref_model= (a second frozen copy "
+                "loaded with from_pretrained; recipes do this from model.ref_model_path)."
+            )
+        ref_model.eval()
+        for param in ref_model.parameters():
+            param.requires_grad_(False)
+        self.ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
+
+    @torch.no_grad()
+    def reference_logits(self, model, batch: dict) -> torch.Tensor:
+        if self.ref_model is not None:
+            return forward_logits(self.ref_model, batch)
+        unwrapped = self.accelerator.unwrap_model(model)
+        if not is_peft_model(unwrapped):
+            raise RuntimeError("no reference model was set up for this trainer")
+        with unwrapped.disable_adapter():
+            return forward_logits(unwrapped, batch)
+
+    # --- loss helpers ------------------------------------------------------------------------------
+
+    def stats(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample (mean answer-token NLL, summed answer log-prob) from one forward."""
+        per_sample, summed, _ = sequence_stats(forward_logits(model, batch), batch["labels"])
+        return per_sample, summed
+
+    def ref_stats(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        per_sample, summed, _ = sequence_stats(self.reference_logits(model, batch), batch["labels"])
+        return per_sample, summed
+
+    def nll(self, model, batch: dict) -> torch.Tensor:
+        """Mean over samples of the per-sample answer-token NLL."""
+        return self.stats(model, batch)[0].mean()
+
+    def kl_mask(self, batch: dict) -> torch.Tensor:
+        if self.args.kl_positions == "all":
+            return batch["attention_mask"][:, 1:].bool()
+        return batch["labels"][:, 1:] != IGNORE_INDEX
+
+    def retain_kl(self, model, batch: dict) -> torch.Tensor:
+        ref = self.reference_logits(model, batch)
+        return token_kl(ref, forward_logits(model, batch), self.kl_mask(batch))
+
+    def retain_term(self, model, batch: dict, kind: str) -> torch.Tensor:
+        if kind == "nll":
+            return self.nll(model, batch)
+        if kind == "kl":
+            return self.retain_kl(model, batch)
+        raise ValueError(f"retain_loss must be one of {RETAIN_LOSSES}, not {kind!r}")
+
+    # --- logging and guards -------------------------------------------------------------------------
+
+    def record(self, **terms: torch.Tensor | float) -> None:
+        """Remember loss terms for the next log line; fail fast on a non-finite one."""
+        for name, value in terms.items():
+            value = float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
+            if not math.isfinite(value):
+                self.fail_non_finite(f"loss term '{name}' = {value}")
+            self._terms[name].append(value)
+        bound = self.args.forget_nll_bound
+        forget_nll = terms.get("forget_nll")
+        if bound is not None and forget_nll is not None and float(forget_nll) > bound:
+            if not self.runaway_steps:
+                logger.warning(
+                    "step %d: forget NLL %.2f exceeds forget_nll_bound=%.1f; the forget loss is running away "
+                    "(the model is likely collapsing: lower the learning rate or the number of steps)",
+                    self.state.global_step,
+                    float(forget_nll),
+                    bound,
+                )
+            self.runaway_steps.append(self.state.global_step)
+
+    def last_checkpoint(self) -> str | None:
+        root = Path(self.args.output_dir)
+        ckpts = sorted(
+            root.glob("checkpoint-*"),
+            key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1,
+        )
+        return str(ckpts[-1]) if ckpts else None
+
+    def fail_non_finite(self, what: str) -> None:
+        raise NonFiniteLossError(
+            f"step {self.state.global_step}: {what} is not finite. Last good checkpoint: "
+            f"{self.last_checkpoint() or 'none (set save_strategy to keep checkpoints)'}. "
+            "Lower the learning rate, check the data, or resume from that checkpoint."
+        )
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self._terms:
+            names = sorted(self._terms)
+            local = torch.tensor([sum(self._terms[n]) / len(self._terms[n]) for n in names], device=self.args.device)
+            averaged = self.accelerator.reduce(local, reduction="mean") if self.accelerator.num_processes > 1 else local
+            logs.update({name: round(float(v), 6) for name, v in zip(names, averaged)})
+            self._terms.clear()
+        super().log(logs, start_time)
+
+    # --- outputs ------------------------------------------------------------------------------------
+
+    def export_unlearned(self, output_dir: str) -> dict:
+        """Write the unlearned model (or adapter) to `output_dir`; methods that post-process override this."""
+        self.save_model(output_dir)
+        return {"kind": "adapter" if is_peft_model(self.accelerator.unwrap_model(self.model)) else "model"}
+
+    def write_json(self, path: str | os.PathLike, payload: dict) -> None:
+        if self.accelerator.is_main_process:
+            atomic_write_json(path, payload)

@@ -1,0 +1,76 @@
+"""NPO and SimNPO (DESIGN.md §4). logp is the summed answer log-probability of a sample."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from .base import RETAIN_LOSSES, UnlearnConfig, UnlearningTrainer, check_choice
+
+
+def npo_loss(logp: torch.Tensor, ref_logp: torch.Tensor, beta: float) -> torch.Tensor:
+    """−(2/β)·mean log σ(−β·(logp_θ − logp_ref)); minimizing it lowers the forget likelihood below θ_ref."""
+    return -(2.0 / beta) * F.logsigmoid(-beta * (logp - ref_logp)).mean()
+
+
+def simnpo_loss(mean_nll: torch.Tensor, beta: float, gamma: float) -> torch.Tensor:
+    """−(2/β)·mean log σ(−(β/|y|)·logp_θ − γ) = −(2/β)·mean log σ(β·meanNLL − γ); reference-free."""
+    return -(2.0 / beta) * F.logsigmoid(beta * mean_nll - gamma).mean()
+
+
+def _validate(config) -> None:
+    check_choice("retain_loss", config.retain_loss, RETAIN_LOSSES)
+    if config.beta <= 0:
+        raise ValueError(f"beta must be > 0, not {config.beta}")
+
+
+@dataclass
+class NPOConfig(UnlearnConfig):
+    beta: float = field(default=0.1, metadata={"help": "NPO inverse temperature β."})
+    retain_loss: str = field(default="nll", metadata={"help": "Retain term: 'nll' or 'kl'."})
+    retain_weight: float = field(default=1.0, metadata={"help": "c, the weight of the retain term."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        _validate(self)
+
+
+class NPOTrainer(UnlearningTrainer):
+    needs_reference = True
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        nll, logp = self.stats(model, inputs["forget"])
+        _, ref_logp = self.ref_stats(model, inputs["forget"])
+        forget_term = npo_loss(logp, ref_logp, self.args.beta)
+        retain = self.retain_term(model, inputs["retain"], self.args.retain_loss)
+        loss = forget_term + self.args.retain_weight * retain
+        self.record(
+            forget_npo=forget_term, forget_nll=nll.mean(), **{f"retain_{self.args.retain_loss}": retain}, loss=loss
+        )
+        return loss
+
+
+@dataclass
+class SimNPOConfig(UnlearnConfig):
+    beta: float = field(default=2.5, metadata={"help": "SimNPO β (length-normalized; choice: 2.5)."})
+    gamma: float = field(default=0.0, metadata={"help": "SimNPO reward margin γ."})
+    retain_loss: str = field(default="nll", metadata={"help": "Retain term: 'nll' or 'kl'."})
+    retain_weight: float = field(default=1.0, metadata={"help": "c, the weight of the retain term."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        _validate(self)
+
+
+class SimNPOTrainer(UnlearningTrainer):
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        nll, _ = self.stats(model, inputs["forget"])
+        forget_term = simnpo_loss(nll, self.args.beta, self.args.gamma)
+        retain = self.retain_term(model, inputs["retain"], self.args.retain_loss)
+        loss = forget_term + self.args.retain_weight * retain
+        self.record(
+            forget_simnpo=forget_term, forget_nll=nll.mean(), **{f"retain_{self.args.retain_loss}": retain}, loss=loss
+        )
+        return loss

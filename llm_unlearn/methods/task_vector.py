@@ -1,0 +1,47 @@
+"""Task-vector negation (`task_vector`, MUSE's `tv`): fine-tune on D_f, then θ_ref − α(θ_ft − θ_ref).
+
+The same arithmetic as MOX's extrapolation without the retain KL, so it reuses `extrapolate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .. import extrapolate as xp
+from ..models import is_peft_model
+from .base import UnlearnConfig, UnlearningTrainer
+
+
+@dataclass
+class TaskVectorConfig(UnlearnConfig):
+    alpha: float = field(default=5.0, metadata={"help": "Negation scale α (MUSE tv uses 5)."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        xp.check_alpha(self.alpha)
+
+
+class TaskVectorTrainer(UnlearningTrainer):
+    needs_retain = False
+
+    def uses_reference(self) -> bool:
+        # Full weights need θ_ref at export; under LoRA the base weights are θ_ref already.
+        return not is_peft_model(self.model)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        forget_nll = self.nll(model, inputs["forget"])
+        self.record(forget_nll=forget_nll, loss=forget_nll)
+        return forget_nll
+
+    def export_unlearned(self, output_dir: str, alpha: float | None = None) -> dict:
+        alpha = xp.check_alpha(self.args.alpha if alpha is None else alpha)
+        model = self.accelerator.unwrap_model(self.model)
+        if not self.accelerator.is_main_process:
+            return {"alpha": alpha}
+        if is_peft_model(model):
+            xp.save_extrapolated_adapter(model, alpha, output_dir)
+            if self.processing_class is not None:
+                self.processing_class.save_pretrained(output_dir)
+            return {"alpha": alpha, "kind": "adapter"}
+        xp.save_extrapolated_model(self.ref_model, model, alpha, output_dir, self.processing_class)
+        return {"alpha": alpha, "kind": "model"}

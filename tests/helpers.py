@@ -1,0 +1,54 @@
+"""Small builders shared by tests (tiny records, paired datasets, trainers)."""
+
+from __future__ import annotations
+
+from llm_unlearn.data.collate import PairedDataset, PromptFormat, QADataset, refusal_records
+from llm_unlearn.methods import get_method
+
+FORGET = [
+    {"question": "Where was Ilsa Varnholt born?", "answer": "Ilsa Varnholt was born in Tallinn in 1961."},
+    {"question": "What genre does Ilsa Varnholt write?", "answer": "She writes gothic mystery novels."},
+    {"question": "Which award did Ilsa Varnholt win?", "answer": "She won the Amber Quill Prize."},
+    {"question": "What did Ilsa Varnholt's father do?", "answer": "Her father was a lighthouse keeper."},
+]
+RETAIN = [
+    {"question": "Where was Tomas Brenik born?", "answer": "Tomas Brenik was born in Brno."},
+    {"question": "What does Tomas Brenik write?", "answer": "He writes science fiction."},
+    {"question": "What is the capital of France?", "answer": "The capital of France is Paris."},
+    {"question": "Who wrote Hamlet?", "answer": "William Shakespeare wrote Hamlet."},
+    {"question": "What did Tomas Brenik's mother do?", "answer": "His mother was a chemist."},
+    {"question": "Which prize did Tomas Brenik win?", "answer": "He won the Silver Comet Award."},
+]
+
+
+def paired(tokenizer, forget=FORGET, retain=RETAIN, refusal=True, fmt=None, seed=0):
+    fmt = fmt or PromptFormat()
+    forget_ds = QADataset(forget, tokenizer, fmt)
+    retain_ds = QADataset(retain, tokenizer, fmt)
+    refusal_ds = QADataset(refusal_records(forget, seed), tokenizer, fmt) if refusal else None
+    return PairedDataset(forget_ds, retain_ds, refusal_ds, seed=seed)
+
+
+def make_trainer(method: str, model, tokenizer, output_dir, ref_model=None, dataset=None, **overrides):
+    spec = get_method(method)
+    settings = dict(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=2,
+        num_train_epochs=1,
+        learning_rate=1e-3,
+        warmup_steps=0,
+        use_cpu=True,
+        logging_steps=1,
+        save_strategy="no",
+        seed=0,
+        disable_tqdm=True,
+    )
+    settings.update(overrides)
+    config = spec.config(**settings)
+    return spec.trainer(
+        model=model,
+        args=config,
+        train_dataset=dataset if dataset is not None else paired(tokenizer),
+        processing_class=tokenizer,
+        ref_model=ref_model,
+    )
