@@ -10,15 +10,13 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from .models import is_peft_model
+from .utils import atomic_dir
 
 
 class ExtrapolationError(ValueError):
@@ -183,22 +181,6 @@ def verify_lora_extrapolation(
     return worst
 
 
-def _atomic_dir(out_dir: str | os.PathLike, write) -> Path:
-    """Build a folder under a temporary name and rename it into place (no half-written outputs)."""
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        write(staging)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return out
-
-
 def save_adapter_state(
     peft_model,
     state: dict[str, torch.Tensor],
@@ -222,7 +204,7 @@ def save_adapter_state(
         if info is not None:
             (folder / "extrapolation.json").write_text(json.dumps(info, indent=2, sort_keys=True))
 
-    return _atomic_dir(out_dir, write)
+    return atomic_dir(out_dir, write)
 
 
 def save_extrapolated_adapter(peft_model, alpha: float, out_dir, adapter: str = "default", verify: bool = True) -> Path:
@@ -282,7 +264,7 @@ def save_model_state(
         if info is not None:
             (folder / "extrapolation.json").write_text(json.dumps(info, indent=2, sort_keys=True))
 
-    return _atomic_dir(out_dir, write)
+    return atomic_dir(out_dir, write)
 
 
 def _tied_duplicates(model: nn.Module, state: dict) -> set[str]:

@@ -6,23 +6,49 @@ import importlib.metadata
 import json
 import os
 import platform
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 PROVENANCE_PACKAGES = ("llm_unlearn", "torch", "transformers", "peft", "accelerate", "datasets", "evaluate")
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write to a temporary name in the same folder, then rename: readers never see half a file."""
+    """Write via a unique temp file in the same folder, then os.replace: readers never see a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as tmp:
+            tmp.write(text)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        os.chmod(tmp_name, 0o644)  # mkstemp creates 0600; outputs are ordinary readable files
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
 
 
 def atomic_write_json(path: str | os.PathLike, payload) -> None:
     atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def atomic_dir(out_dir: str | os.PathLike, write) -> Path:
+    """Build a folder under a temporary name with `write(folder)`, then rename it into place."""
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        write(staging)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
 
 
 def package_versions(names=PROVENANCE_PACKAGES) -> dict[str, str | None]:
