@@ -225,3 +225,46 @@ def is_peft_model(model) -> bool:
     except ImportError:
         return False
     return isinstance(model, PeftModel)
+
+
+class AdapterMismatchError(ValueError):
+    pass
+
+
+def _same_model(a: str, b: str) -> bool:
+    ra, rb = resolve_model_path(a), resolve_model_path(b)
+    if os.path.exists(ra) and os.path.exists(rb):
+        return os.path.realpath(ra) == os.path.realpath(rb)
+    return ra.rstrip("/") == rb.rstrip("/")
+
+
+def adapter_base(adapter_dir: str | os.PathLike) -> str | None:
+    config = Path(adapter_dir) / "adapter_config.json"
+    if not config.is_file():
+        return None
+    return json.loads(config.read_text()).get("base_model_name_or_path")
+
+
+def is_adapter_dir(path: str | os.PathLike) -> bool:
+    return (Path(path) / "adapter_config.json").is_file()
+
+
+def load_with_adapter(
+    base_name: str, adapter_dir: str | os.PathLike, trainable: bool = False, dtype="float32", quantization=None
+):
+    """Load `base_name` and apply the adapter, refusing an adapter trained on another base model."""
+    from peft import PeftModel
+
+    recorded = adapter_base(adapter_dir)
+    if recorded is None:
+        raise AdapterMismatchError(f"{adapter_dir} has no adapter_config.json: it is not a PEFT adapter folder")
+    if recorded and not _same_model(recorded, base_name):
+        raise AdapterMismatchError(
+            f"adapter {adapter_dir} was trained on base {recorded!r}, but the reference/base model is {base_name!r}. "
+            "Load the adapter onto the model it was trained from (set model.name_or_path to it)."
+        )
+    base = load_model(base_name, dtype=dtype, quantization=quantization)
+    try:
+        return PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=trainable)
+    except RuntimeError as err:  # shape mismatches surface here
+        raise AdapterMismatchError(f"adapter {adapter_dir} does not fit base {base_name!r}: {err}") from err

@@ -9,6 +9,8 @@ from .grad_ascent import GAConfig, GATrainer, GradDiffConfig, GradDiffTrainer
 from .idk import IdkConfig, IdkTrainer
 from .mox import MOXConfig, MOXTrainer
 from .npo import NPOConfig, NPOTrainer, SimNPOConfig, SimNPOTrainer
+from .sfron import SFROnConfig, SFROnTrainer
+from .surgery import EUPMUConfig, EUPMUTrainer, PCGradConfig, PCGradTrainer, UnGradConfig, UnGradTrainer
 from .task_vector import TaskVectorConfig, TaskVectorTrainer
 
 
@@ -26,6 +28,10 @@ METHODS: dict[str, Method] = {
     "simnpo": Method(SimNPOConfig, SimNPOTrainer, "reference-free, length-normalized NPO + retain term"),
     "idk": Method(IdkConfig, IdkTrainer, "learn refusal answers on forget questions + retain NLL"),
     "task_vector": Method(TaskVectorConfig, TaskVectorTrainer, "fine-tune on forget, then negate the task vector"),
+    "eupmu": Method(EUPMUConfig, EUPMUTrainer, "bounded forget loss + λ·retain loss, λ by dual ascent"),
+    "ungrad": Method(UnGradConfig, UnGradTrainer, "unilateral gradient surgery: g_f + λ*·g_r"),
+    "pcgrad": Method(PCGradConfig, PCGradTrainer, "PCGrad projection of conflicting forget/retain gradients"),
+    "sfron": Method(SFROnConfig, SFROnTrainer, "Fisher-saliency-masked weighted ascent steps between retain steps"),
 }
 
 

@@ -170,9 +170,13 @@ class UnlearningTrainer(Trainer):
 
     # --- reference model ---------------------------------------------------------------------------
 
+    @classmethod
+    def wants_reference(cls, args) -> bool:
+        """Whether a run with these settings needs θ_ref (recipes load a frozen copy for full weights)."""
+        return cls.needs_reference or getattr(args, "retain_loss", None) == "kl"
+
     def uses_reference(self) -> bool:
-        """Whether this configuration's loss needs θ_ref; methods with options extend this."""
-        return self.needs_reference or getattr(self.args, "retain_loss", None) == "kl"
+        return self.wants_reference(self.args)
 
     def _setup_reference(self, ref_model) -> None:
         if is_peft_model(self.model):

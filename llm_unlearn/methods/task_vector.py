@@ -24,9 +24,10 @@ class TaskVectorConfig(UnlearnConfig):
 class TaskVectorTrainer(UnlearningTrainer):
     needs_retain = False
 
-    def uses_reference(self) -> bool:
-        # Full weights need θ_ref at export; under LoRA the base weights are θ_ref already.
-        return not is_peft_model(self.model)
+    @classmethod
+    def wants_reference(cls, args) -> bool:
+        # θ_ref is needed at export; under LoRA it is the base weights already (no copy is loaded).
+        return True
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         forget_nll = self.nll(model, inputs["forget"])

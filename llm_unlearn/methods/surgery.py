@@ -1,0 +1,452 @@
+"""Gradient surgery between the forget and the retain loss: `eupmu`, `ungrad` and `pcgrad` (DESIGN.md §4).
+
+These are adaptations to causal LMs of methods published for image classifiers: unilateral gradient surgery
+(EUPMU, implicit and explicit forms) and PCGrad, a multi-task method used here as a comparison. What changes
+for LLMs: the losses are answer-token NLLs of question/answer pairs, the forget loss is a *bounded* one (NPO,
+or gradient ascent on a clipped NLL) because plain ascent on an LM's NLL has no floor, and the per-loss
+gradients are taken over the trainable parameters only, so the explicit form is cheap under LoRA.
+
+* `eupmu`: one backward of ℓ_f + λ·ℓ_r per step. λ ≥ 0 follows dual ascent on the observed retain-loss
+  change: δ = (ℓ_r(before) − ℓ_r(after))/lr + ε, λ ← max(0, λ − β_λ·δ), ε the tolerated increase rate.
+* `ungrad`: two backwards; d = g_f + λ*·g_r with λ* = max(0, (−⟨g_r, g_f⟩ − ε)/‖g_r‖²), the direction closest
+  to g_f whose first-order retain-loss increase rate is at most ε.
+* `pcgrad`: two backwards; when ⟨g_f, g_r⟩ < 0 each gradient is projected onto the other's normal plane,
+  then they are summed.
+
+Sign convention: every gradient is that of a loss to *minimize* (the optimizer steps along −d), so g_f is
+the gradient of the bounded forget loss and a step along −g_r lowers the retain loss.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate.utils import DistributedType
+from transformers import TrainerCallback
+
+from ..utils import atomic_write_json
+from .base import RETAIN_LOSSES, UnlearnConfig, UnlearningTrainer, check_choice
+from .npo import npo_loss
+
+BOUNDED_FORGET_LOSSES = ("npo", "ga_clipped")
+
+
+# --- pure functions ---------------------------------------------------------------------------------
+
+
+def unilateral_direction(g_f: torch.Tensor, g_r: torch.Tensor, eps: float) -> tuple[torch.Tensor, float]:
+    """Solve min ½‖d − g_f‖² s.t. ⟨g_r, d⟩ ≥ −ε on flat gradients; returns (d, λ*).
+
+    The constraint bounds the first-order retain-loss increase of a step along −d by lr·ε. The solution is
+    d = g_f + λ*·g_r with λ* = max(0, (−⟨g_r, g_f⟩ − ε)/‖g_r‖²); λ* = 0 when g_r = 0.
+    """
+    dot = float(torch.dot(g_r, g_f))
+    norm_sq = float(torch.dot(g_r, g_r))
+    lam = max(0.0, (-dot - eps) / norm_sq) if norm_sq > 0 else 0.0
+    return (g_f + lam * g_r if lam > 0 else g_f.clone()), lam
+
+
+def pcgrad_direction(g_f: torch.Tensor, g_r: torch.Tensor) -> torch.Tensor:
+    """PCGrad for two losses: on conflict (⟨g_f, g_r⟩ < 0) project each onto the other's normal plane, then sum."""
+    dot = torch.dot(g_f, g_r)
+    if float(dot) >= 0:
+        return g_f + g_r
+    f_sq, r_sq = torch.dot(g_f, g_f), torch.dot(g_r, g_r)
+    projected_f = g_f - (dot / r_sq) * g_r
+    projected_r = g_r - (dot / f_sq) * g_f
+    return projected_f + projected_r
+
+
+def dual_update(
+    lam: float, before: float, after: float, lr: float, eps: float, step_size: float
+) -> tuple[float, float]:
+    """One EUPMU dual-ascent step; returns (new λ, δ).
+
+    δ = (before − after)/lr + ε is the retain-loss decrease per unit learning rate plus the tolerance ε:
+    negative when the retain loss rose faster than ε, which raises λ; λ never goes below 0.
+    """
+    delta = (before - after) / lr + eps
+    return max(0.0, lam - step_size * delta), delta
+
+
+def clipped_ga_loss(per_sample_nll: torch.Tensor, ceiling: float) -> torch.Tensor:
+    """mean relu(ceiling − NLL_i): gradient ascent on each sample's NLL that stops once it reaches `ceiling`.
+
+    Shifted so that it is ≥ 0 and reaches 0 when every sample is forgotten (bounded, unlike −NLL).
+    """
+    return torch.relu(ceiling - per_sample_nll).mean()
+
+
+def bounded_forget_loss(trainer: UnlearningTrainer, model, batch: dict) -> tuple[torch.Tensor, dict]:
+    """The bounded forget loss named by `trainer.args.forget_loss`, and the terms to log with it."""
+    args = trainer.args
+    nll, logp = trainer.stats(model, batch)
+    if args.forget_loss == "npo":
+        _, ref_logp = trainer.ref_stats(model, batch)
+        loss = npo_loss(logp, ref_logp, args.npo_beta)
+        return loss, {"forget_npo": loss.detach(), "forget_nll": nll.mean().detach()}
+    loss = clipped_ga_loss(nll, args.ga_nll_ceiling)
+    return loss, {"forget_ga_clipped": loss.detach(), "forget_nll": nll.mean().detach()}
+
+
+def trainable_parameters(model) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def move_grads_into(flat: torch.Tensor, params: Sequence[torch.nn.Parameter]) -> None:
+    """flat += concat(p.grad), then clear each p.grad (a missing gradient counts as zero)."""
+    offset = 0
+    for p in params:
+        n = p.numel()
+        if p.grad is not None:
+            flat[offset : offset + n].add_(p.grad.reshape(-1).to(flat.dtype))
+            p.grad = None
+        offset += n
+
+
+def write_grads(flat: torch.Tensor, params: Sequence[torch.nn.Parameter]) -> None:
+    """Set each p.grad to its slice of `flat` (a copy in the parameter's dtype)."""
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad = flat[offset : offset + n].view_as(p).to(p.dtype, copy=True)
+        offset += n
+
+
+def all_reduce_mean(tensor: torch.Tensor, num_processes: int) -> torch.Tensor:
+    """Average a tensor over processes in place (what DDP does to gradients); a no-op on one process."""
+    if num_processes > 1:
+        torch.distributed.all_reduce(tensor)
+        tensor.div_(num_processes)
+    return tensor
+
+
+def refuse_sharded_gradients(trainer: UnlearningTrainer, method: str) -> None:
+    """Methods that take inner products of per-loss gradients need each full gradient on every process."""
+    kind = trainer.accelerator.distributed_type
+    if (
+        trainer.is_fsdp_enabled
+        or trainer.is_deepspeed_enabled
+        or kind in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    ):
+        raise ValueError(
+            f"{method} needs the full gradient of each loss separately on every process to take their inner "
+            f"products, but under {kind} the gradients are sharded (FSDP, DeepSpeed ZeRO-2/3) or reduced inside the "
+            "engine's own backward (DeepSpeed). Run it on one device or with DDP (with LoRA the per-loss gradients "
+            "are small), or use `eupmu`, which needs one ordinary backward per step."
+        )
+    if trainer.args.fp16:
+        raise ValueError(
+            f"{method} writes its own gradients and cannot use fp16 loss scaling: use bf16=True or fp32 instead"
+        )
+
+
+def forget_field(default: str = "npo"):
+    return field(
+        default=default,
+        metadata={"help": "Bounded forget loss: 'npo' (needs θ_ref) or 'ga_clipped' (ascent on a clipped NLL)."},
+    )
+
+
+def npo_beta_field():
+    return field(default=0.1, metadata={"help": "β of the NPO forget loss."})
+
+
+def ceiling_field():
+    return field(
+        default=10.0,
+        metadata={
+            "help": "ga_clipped: a sample stops being pushed once its answer NLL reaches this (nats/token; "
+            "choice: 10, about a uniform guess over 22k tokens)."
+        },
+    )
+
+
+def retain_field():
+    return field(default="nll", metadata={"help": "Retain loss ℓ_r: 'nll' or 'kl' (KL(p_ref‖p_θ), needs θ_ref)."})
+
+
+def validate_surgery_config(config) -> None:
+    check_choice("forget_loss", config.forget_loss, BOUNDED_FORGET_LOSSES)
+    check_choice("retain_loss", config.retain_loss, RETAIN_LOSSES)
+    if config.npo_beta <= 0:
+        raise ValueError(f"npo_beta must be > 0, not {config.npo_beta}")
+
+
+def loss_needs_reference(args) -> bool:
+    """θ_ref enters through the NPO forget loss or the retain KL."""
+    return args.forget_loss == "npo" or args.retain_loss == "kl"
+
+
+# --- eupmu: implicit unilateral surgery ----------------------------------------------------------------
+
+
+@dataclass
+class EUPMUConfig(UnlearnConfig):
+    """Implicit unilateral surgery: minimize ℓ_f + λ·ℓ_r, λ ≥ 0 by dual ascent on the retain-loss change."""
+
+    forget_loss: str = forget_field()
+    npo_beta: float = npo_beta_field()
+    ga_nll_ceiling: float = ceiling_field()
+    retain_loss: str = retain_field()
+    lambda_init: float = field(default=1.0, metadata={"help": "λ0, the initial retain weight (≥ 0)."})
+    dual_step: float = field(
+        default=1e-4,
+        metadata={
+            "help": "β_λ, the dual step. δ is a loss change per unit learning rate (≈1e3 when a step at lr 1e-5 "
+            "moves ℓ_r by 0.01), so the default 1e-4 then moves λ by ≈0.1 per step (choice)."
+        },
+    )
+    retain_tolerance: float = field(
+        default=0.0,
+        metadata={"help": "ε: the tolerated retain-loss increase per unit learning rate (0 = no increase)."},
+    )
+    fast: bool = field(
+        default=False,
+        metadata={
+            "help": "Skip the post-step retain forward: use the next step's retain loss (on a different batch, "
+            "so δ is noisier) as the 'after' value."
+        },
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        validate_surgery_config(self)
+        if self.lambda_init < 0:
+            raise ValueError(f"lambda_init must be >= 0, not {self.lambda_init}")
+        if self.dual_step < 0:
+            raise ValueError(f"dual_step must be >= 0, not {self.dual_step}")
+
+
+class EUPMUTrainer(UnlearningTrainer):
+    """One backward of ℓ_f + λ·ℓ_r per step; `self.dual` owns λ (updated after each optimizer step)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.dual = DualAscentCallback(self, self.args.lambda_init)
+        self.add_callback(self.dual)
+
+    @classmethod
+    def wants_reference(cls, args) -> bool:
+        return loss_needs_reference(args)
+
+    def uses_reference(self) -> bool:
+        return loss_needs_reference(self.args)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        forget, terms = bounded_forget_loss(self, model, inputs["forget"])
+        retain = self.retain_term(model, inputs["retain"], self.args.retain_loss)
+        loss = forget + self.dual.lam * retain
+        # With gradient accumulation the last micro-batch's retain batch is the one measured after the step.
+        self.dual.observe(inputs["retain"], retain)
+        self.record(**terms, **{f"retain_{self.args.retain_loss}": retain}, loss=loss)
+        return loss
+
+
+class DualAscentCallback(TrainerCallback):
+    """Holds EUPMU's λ, updates it after every optimizer step, and saves it with each checkpoint.
+
+    Full mode: after the step, ℓ_r is recomputed without grad on the step's (last) retain batch. Fast mode:
+    the 'after' value of step t−1 is the retain loss seen by step t (no extra forward; one step of lag).
+    Under DDP both values are averaged over processes first, so every process holds the same λ.
+    """
+
+    FILE = "eupmu_dual.json"
+
+    def __init__(self, trainer: EUPMUTrainer, lam: float):
+        self.trainer = trainer
+        self.lam = float(lam)
+        self.updates = 0
+        self._batch: dict | None = None
+        self._before: float | None = None
+        self._previous: tuple[float, float] | None = None  # fast mode: (retain loss, lr) of the last step
+
+    def observe(self, retain_batch: dict, retain_loss: torch.Tensor) -> None:
+        self._batch = retain_batch
+        self._before = float(retain_loss.detach())
+
+    def _mean_over_processes(self, *values: float) -> list[float]:
+        accelerator = self.trainer.accelerator
+        if accelerator.num_processes == 1:
+            return list(values)
+        local = torch.tensor(values, dtype=torch.float64, device=self.trainer.args.device)
+        return accelerator.reduce(local, reduction="mean").tolist()
+
+    @torch.no_grad()
+    def _retain_after_step(self) -> float:
+        trainer = self.trainer
+        with trainer.compute_loss_context_manager():
+            value = trainer.retain_term(trainer.model_wrapped, self._batch, trainer.args.retain_loss)
+        return float(value)
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        if self._before is None:
+            return
+        lr = float(self.trainer.optimizer.param_groups[0]["lr"])
+        if args.fast:
+            before_now = self._mean_over_processes(self._before)[0]
+            measured = None
+            if self._previous is not None:
+                measured = (self._previous[0], before_now, self._previous[1])
+            self._previous = (before_now, lr)
+        else:
+            before, after = self._mean_over_processes(self._before, self._retain_after_step())
+            measured = (before, after, lr)
+        self._batch, self._before = None, None
+        terms = {}
+        if measured is not None and measured[2] > 0:  # no step was taken at lr 0 (e.g. warm-up start)
+            before, after, step_lr = measured
+            self.lam, delta = dual_update(self.lam, before, after, step_lr, args.retain_tolerance, args.dual_step)
+            self.updates += 1
+            terms = {"retain_change": after - before, "dual_delta": delta}
+        self.trainer.record(eupmu_lambda=self.lam, eupmu_eps=args.retain_tolerance, **terms)
+
+    def checkpoint_payload(self) -> dict:
+        return {"lambda": self.lam, "updates": self.updates, "previous": self._previous}
+
+    def on_save(self, args, state, control, **kwargs):
+        if self.trainer.accelerator.is_main_process:
+            atomic_write_json(
+                Path(args.output_dir) / f"checkpoint-{state.global_step}" / self.FILE, self.checkpoint_payload()
+            )
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.global_step > 0:  # resuming: the Trainer restored state from checkpoint-<step>
+            path = Path(args.output_dir) / f"checkpoint-{state.global_step}" / self.FILE
+            if not path.is_file():
+                raise FileNotFoundError(f"resuming eupmu needs λ from {path}; it was not saved with the checkpoint")
+            saved = json.loads(path.read_text())
+            self.lam, self.updates = float(saved["lambda"]), int(saved["updates"])
+            self._previous = tuple(saved["previous"]) if saved["previous"] is not None else None
+
+
+# --- ungrad and pcgrad: explicit surgery with two backwards -----------------------------------------------
+
+
+def per_loss_gradients(
+    trainer: UnlearningTrainer, model, inputs: dict, buffers: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Backward ℓ_f and ℓ_r separately and accumulate their flat gradients in `buffers`.
+
+    Mirrors Trainer.training_step: each loss is divided by the accumulation steps. Both backwards run under
+    no_sync, so DDP never averages them; at the last micro-batch of the window the accumulated gradients are
+    averaged over processes here (before any inner product) and returned, else (…, None, None).
+    Returns (forget loss, retain loss, g_f, g_r) with the losses detached and unscaled.
+    """
+    model.train()
+    if hasattr(trainer.optimizer, "train") and callable(trainer.optimizer.train):
+        trainer.optimizer.train()
+    inputs = trainer._prepare_inputs(inputs)
+    params = trainable_parameters(trainer.accelerator.unwrap_model(model))
+    scale = 1.0 / trainer.current_gradient_accumulation_steps
+    if not buffers:
+        total = sum(p.numel() for p in params)
+        buffers["forget"] = torch.zeros(total, dtype=torch.float32, device=params[0].device)
+        buffers["retain"] = torch.zeros_like(buffers["forget"])
+    with trainer.accelerator.no_sync(model):
+        with trainer.compute_loss_context_manager():
+            forget, terms = bounded_forget_loss(trainer, model, inputs["forget"])
+        trainer.accelerator.backward(forget * scale)
+        move_grads_into(buffers["forget"], params)
+        with trainer.compute_loss_context_manager():
+            retain = trainer.retain_term(model, inputs["retain"], trainer.args.retain_loss)
+        trainer.accelerator.backward(retain * scale)
+        move_grads_into(buffers["retain"], params)
+    trainer.record(**terms, **{f"retain_{trainer.args.retain_loss}": retain})
+    if not trainer.accelerator.sync_gradients:
+        return forget.detach(), retain.detach(), None, None
+    g_f, g_r = buffers.pop("forget"), buffers.pop("retain")
+    num_processes = trainer.accelerator.num_processes
+    return forget.detach(), retain.detach(), all_reduce_mean(g_f, num_processes), all_reduce_mean(g_r, num_processes)
+
+
+def record_gradient_geometry(trainer: UnlearningTrainer, g_f: torch.Tensor, g_r: torch.Tensor) -> float:
+    dot = float(torch.dot(g_f, g_r))
+    trainer.record(grad_dot=dot, forget_grad_norm=float(g_f.norm()), retain_grad_norm=float(g_r.norm()))
+    return dot
+
+
+@dataclass
+class UnGradConfig(UnlearnConfig):
+    """Explicit unilateral surgery: d = g_f + λ*·g_r, the closest direction to g_f that keeps ℓ_r's rise ≤ ε."""
+
+    forget_loss: str = forget_field()
+    npo_beta: float = npo_beta_field()
+    ga_nll_ceiling: float = ceiling_field()
+    retain_loss: str = retain_field()
+    retain_tolerance: float = field(
+        default=0.0,
+        metadata={"help": "ε: the tolerated first-order retain-loss increase per unit learning rate (0: none)."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        validate_surgery_config(self)
+
+
+class UnGradTrainer(UnlearningTrainer):
+    """Two backwards per micro-batch (forget, retain); the surgery direction is written into `.grad`."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        refuse_sharded_gradients(self, "ungrad")
+        self._grad_buffers: dict[str, torch.Tensor] = {}
+
+    @classmethod
+    def wants_reference(cls, args) -> bool:
+        return loss_needs_reference(args)
+
+    def uses_reference(self) -> bool:
+        return loss_needs_reference(self.args)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        forget, retain, g_f, g_r = per_loss_gradients(self, model, inputs, self._grad_buffers)
+        if g_f is not None:
+            record_gradient_geometry(self, g_f, g_r)
+            direction, lam = unilateral_direction(g_f, g_r, self.args.retain_tolerance)
+            write_grads(direction, trainable_parameters(self.accelerator.unwrap_model(model)))
+            self.record(ungrad_lambda=lam)
+        # Reported training loss: the forget objective (the retain loss is a constraint, logged on its own).
+        return forget / self.current_gradient_accumulation_steps
+
+
+@dataclass
+class PCGradConfig(UnlearnConfig):
+    """PCGrad on (ℓ_f, ℓ_r): on conflict, each gradient loses its component along the other; then they are summed."""
+
+    forget_loss: str = forget_field()
+    npo_beta: float = npo_beta_field()
+    ga_nll_ceiling: float = ceiling_field()
+    retain_loss: str = retain_field()
+
+    def __post_init__(self):
+        super().__post_init__()
+        validate_surgery_config(self)
+
+
+class PCGradTrainer(UnlearningTrainer):
+    """Two backwards per micro-batch (forget, retain); the PCGrad direction is written into `.grad`."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        refuse_sharded_gradients(self, "pcgrad")
+        self._grad_buffers: dict[str, torch.Tensor] = {}
+
+    @classmethod
+    def wants_reference(cls, args) -> bool:
+        return loss_needs_reference(args)
+
+    def uses_reference(self) -> bool:
+        return loss_needs_reference(self.args)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        forget, retain, g_f, g_r = per_loss_gradients(self, model, inputs, self._grad_buffers)
+        if g_f is not None:
+            dot = record_gradient_geometry(self, g_f, g_r)
+            write_grads(pcgrad_direction(g_f, g_r), trainable_parameters(self.accelerator.unwrap_model(model)))
+            self.record(pcgrad_conflict=float(dot < 0))
+        return (forget + retain) / self.current_gradient_accumulation_steps

@@ -1,0 +1,426 @@
+"""The stages a user runs, each driven by one YAML config (see llm_unlearn.config):
+
+finetune  -> fit the target (forget + retain) or the retain/oracle model; LoRA is merged at the end
+unlearn   -> any registered method from the target; writes <output_dir>/unlearned (+ alpha_<a>/ for MOX sweeps)
+evaluate  -> the TOFU suite on a model or adapter folder, against the retain model's per-sample log
+
+Recipes (`recipes/*.py`) and the console script (`llm-unlearn`) are thin wrappers over these functions,
+and every function works unchanged under `accelerate launch` with several processes.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from transformers import Trainer, TrainingArguments
+
+from .config import (
+    ConfigError,
+    ExtrapolateSettings,
+    FinetuneSettings,
+    ModelConfig,
+    build_dataclass,
+    load_yaml,
+)
+from .data import DataConfig, QASplits, load_qa_splits, splits_fingerprint
+from .data.collate import PaddingCollator, PairedDataset, PromptFormat, QADataset, refusal_records
+from .methods import get_method
+from .models import (
+    is_adapter_dir,
+    is_peft_model,
+    load_model,
+    load_tokenizer,
+    load_with_adapter,
+    wrap_lora,
+)
+from .runs import Stopwatch, last_checkpoint, peak_memory_mb, prepare_run_dir, write_run_info
+from .utils import atomic_dir, atomic_write_json
+
+logger = logging.getLogger(__name__)
+
+FINETUNE_DEFAULTS = {
+    "learning_rate": 2e-4,
+    "num_train_epochs": 5,
+    "per_device_train_batch_size": 8,
+    "weight_decay": 0.01,
+    "warmup_steps": 0.1,
+    "lr_scheduler_type": "linear",
+    "report_to": "none",
+    "save_strategy": "no",
+    "logging_steps": 5,
+}
+
+
+@dataclass
+class RunOptions:
+    """overwrite: delete an existing run folder first. resume: continue from its last checkpoint."""
+
+    overwrite: bool = False
+    resume: bool = False
+
+
+@dataclass
+class EvalSettings:
+    """suite: 'tofu'. model_path: folder of the model or adapter to evaluate (default: the run's unlearned/).
+    output_dir: where results go (default: <model_path>/eval). reference_log: the retain model's
+    per_sample.json (or its folder) for forget quality and privleak. options: the suite's option fields."""
+
+    suite: str = "tofu"
+    model_path: str | None = None
+    output_dir: str | None = None
+    reference_log: str | None = None
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class RunSpec:
+    """A parsed config: every section as its dataclass."""
+
+    raw: dict
+    model: ModelConfig
+    data: DataConfig
+    fmt: PromptFormat
+    method: str | None
+    evaluation: EvalSettings
+    finetune: FinetuneSettings
+    extrapolate: ExtrapolateSettings
+
+
+def parse_config(raw: dict) -> RunSpec:
+    method = raw.get("method")
+    if method is not None:
+        get_method(method)  # unknown names fail here, before any model is loaded
+    return RunSpec(
+        raw=raw,
+        model=build_dataclass(ModelConfig, raw.get("model"), "model"),
+        data=build_dataclass(DataConfig, raw.get("data"), "data"),
+        fmt=build_dataclass(PromptFormat, raw.get("format"), "format"),
+        method=method,
+        evaluation=build_dataclass(EvalSettings, raw.get("evaluation"), "evaluation"),
+        finetune=build_dataclass(FinetuneSettings, raw.get("finetune"), "finetune"),
+        extrapolate=build_dataclass(ExtrapolateSettings, raw.get("extrapolate"), "extrapolate"),
+    )
+
+
+def load_spec(path: str, overrides: list[str] | None = None) -> RunSpec:
+    return parse_config(load_yaml(path, overrides))
+
+
+def training_args(spec: RunSpec, stage: str):
+    """The `training:` section as the method's config (unlearn) or plain TrainingArguments (finetune)."""
+    values = dict(spec.raw.get("training") or {})
+    if "output_dir" not in values:
+        raise ConfigError("training.output_dir is required: where this run writes its outputs")
+    if stage == "finetune":
+        return build_dataclass(TrainingArguments, {**FINETUNE_DEFAULTS, **values}, "training")
+    if spec.method is None:
+        raise ConfigError("the unlearn stage needs `method:` (one of llm_unlearn.methods.METHODS)")
+    return build_dataclass(get_method(spec.method).config, values, "training")
+
+
+def build_model(model_cfg: ModelConfig):
+    """θ_ref (plus an optional adapter merged in), then a fresh LoRA adapter when configured."""
+    if model_cfg.adapter:
+        if model_cfg.quantization:
+            raise ConfigError("model.adapter with a quantized base: merge the adapter into full weights first")
+        model = load_with_adapter(model_cfg.name_or_path, model_cfg.adapter, dtype=model_cfg.dtype).merge_and_unload()
+    else:
+        model = load_model(model_cfg.name_or_path, dtype=model_cfg.dtype, quantization=model_cfg.quantization)
+    if model_cfg.quantization:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model)
+    if model_cfg.lora is not None:
+        model = wrap_lora(model, model_cfg.lora)
+    return model
+
+
+def data_summary(splits: QASplits) -> dict:
+    parts = {
+        name: getattr(splits, name)
+        for name in ("forget", "retain", "target_train", "retain_train", "forget_eval", "retain_eval", "holdout")
+    }
+    return {
+        **{
+            k: v
+            for k, v in splits.meta.items()
+            if k in ("dataset", "source", "forget_split", "holdout", "holdout_rows", "files", "seed", "retain_authors")
+        },
+        "splits": {name: {"rows": len(rows), "sha256": splits_fingerprint(rows)} for name, rows in parts.items()},
+    }
+
+
+def _save_model_folder(model, tokenizer, out_dir: Path) -> Path:
+    def write(folder: Path):
+        model.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+
+    return atomic_dir(out_dir, write)
+
+
+def _resume_from(run_dir: Path, options: RunOptions) -> str | None:
+    if not options.resume:
+        return None
+    checkpoint = last_checkpoint(run_dir)
+    if checkpoint is None:
+        raise FileNotFoundError(
+            f"--resume: {run_dir} has no checkpoint-* folder to resume from (set training.save_strategy to "
+            "'steps' or 'epoch' so runs keep checkpoints)"
+        )
+    return checkpoint
+
+
+def run_finetune(spec: RunSpec, options: RunOptions) -> Path:
+    """Fit the target model (forget + retain) or the retain model; writes <output_dir>/model."""
+    args = training_args(spec, "finetune")
+    splits = load_qa_splits(spec.data)
+    records = splits.target_train if spec.finetune.which == "target" else splits.retain_train
+    run_dir = prepare_run_dir(args.output_dir, options.overwrite, options.resume)
+    timer = Stopwatch()
+    tokenizer = load_tokenizer(spec.model.name_or_path)
+    model = build_model(spec.model)
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=QADataset(records, tokenizer, spec.fmt),
+        data_collator=PaddingCollator(tokenizer.pad_token_id, mask_pad_ids=spec.fmt.label_mode == "open_unlearning"),
+        processing_class=tokenizer,
+    )
+    trainer.train(resume_from_checkpoint=_resume_from(run_dir, options))
+    out = run_dir / "model"
+    if trainer.accelerator.is_main_process:
+        final = trainer.accelerator.unwrap_model(trainer.model)
+        if is_peft_model(final) and spec.finetune.merge_lora and not spec.model.quantization:
+            final = final.merge_and_unload()
+        _save_model_folder(final, tokenizer, out)
+        atomic_write_json(run_dir / "train_log.json", trainer.state.log_history)
+        write_run_info(
+            run_dir,
+            {
+                "stage": "finetune",
+                "which": spec.finetune.which,
+                "base_model": spec.model.name_or_path,
+                "lora": asdict(spec.model.lora) if spec.model.lora else None,
+                "data": data_summary(splits),
+                "format": spec.fmt.describe(),
+                "seed": args.seed,
+                "hyperparameters": _hyperparameters(args),
+                "wall_time_s": timer.seconds(),
+                "peak_memory_mb": round(peak_memory_mb(), 1),
+                "model_path": str(out),
+            },
+        )
+    trainer.accelerator.wait_for_everyone()
+    return out
+
+
+def _hyperparameters(args) -> dict:
+    keep = TrainingArguments.__dataclass_fields__.keys()
+    common = {
+        "learning_rate",
+        "num_train_epochs",
+        "max_steps",
+        "per_device_train_batch_size",
+        "gradient_accumulation_steps",
+        "weight_decay",
+        "warmup_steps",
+        "lr_scheduler_type",
+        "seed",
+        "optim",
+    }
+    values = args.to_dict()
+    own = {k: v for k, v in values.items() if k not in keep}
+    return {**{k: values[k] for k in sorted(common) if k in values}, **own}
+
+
+def paired_dataset(splits: QASplits, tokenizer, fmt: PromptFormat, seed: int) -> PairedDataset:
+    forget = QADataset(splits.forget, tokenizer, fmt)
+    retain = QADataset(splits.retain, tokenizer, fmt)
+    refusal = QADataset(refusal_records(splits.forget, seed), tokenizer, fmt)
+    return PairedDataset(forget, retain, refusal, seed=seed)
+
+
+def run_unlearn(spec: RunSpec, options: RunOptions) -> Path:
+    """Unlearn with `spec.method` from the target model; writes <output_dir>/unlearned and run_info.json."""
+    method = get_method(spec.method or "")
+    args = training_args(spec, "unlearn")
+    splits = load_qa_splits(spec.data)
+    run_dir = prepare_run_dir(args.output_dir, options.overwrite, options.resume)
+    timer = Stopwatch()
+    tokenizer = load_tokenizer(spec.model.name_or_path)
+    model = build_model(spec.model)
+    ref_model = None
+    if spec.model.lora is None and method.trainer.wants_reference(args):
+        # Full weights: a frozen second copy, loaded only because this loss needs θ_ref.
+        ref_model = load_model(spec.model.ref_model_path or spec.model.name_or_path, dtype=spec.model.dtype)
+    trainer = method.trainer(
+        model=model,
+        args=args,
+        train_dataset=paired_dataset(splits, tokenizer, spec.fmt, args.seed),
+        processing_class=tokenizer,
+        ref_model=ref_model,
+    )
+    trainer.train(resume_from_checkpoint=_resume_from(run_dir, options))
+    exports = {"unlearned": trainer.export_unlearned(str(run_dir / "unlearned"))}
+    if hasattr(args, "all_alphas"):
+        for alpha in args.all_alphas()[1:]:
+            exports[f"alpha_{alpha:g}"] = trainer.export_unlearned(str(run_dir / f"alpha_{alpha:g}"), alpha=alpha)
+    if spec.method == "mox" and trainer.accelerator.is_main_process:
+        trainer.save_memorization(str(run_dir / "memorization"))
+    if trainer.accelerator.is_main_process:
+        atomic_write_json(run_dir / "train_log.json", trainer.state.log_history)
+        info = {
+            "stage": "unlearn",
+            "method": spec.method,
+            "hyperparameters": _hyperparameters(args),
+            "alpha": getattr(args, "alpha", None),
+            "alphas": getattr(args, "all_alphas", lambda: None)(),
+            "eta": args.momentum_eta if getattr(args, "momentum", False) else None,
+            "base_model": spec.model.name_or_path,
+            "base_model_revision": None,
+            "lora": asdict(spec.model.lora) if spec.model.lora else None,
+            "data": data_summary(splits),
+            "format": spec.fmt.describe(),
+            "seed": args.seed,
+            "exports": exports,
+            "runaway_steps": trainer.runaway_steps[:20],
+            "world_size": trainer.accelerator.num_processes,
+            "wall_time_s": timer.seconds(),
+            "peak_memory_mb": round(peak_memory_mb(), 1),
+        }
+        write_run_info(run_dir, info)
+        # Each exported folder carries its own provenance (its α), so it can be pushed on its own.
+        for name, export in exports.items():
+            write_run_info(run_dir / name, {**info, "alpha": export.get("alpha", info["alpha"]), "export": export})
+    trainer.accelerator.wait_for_everyone()
+    return run_dir / "unlearned"
+
+
+def load_for_eval(model_cfg: ModelConfig, model_path: str):
+    """A model folder, or an adapter folder applied onto model.name_or_path (checked to match)."""
+    if is_adapter_dir(model_path):
+        model = load_with_adapter(
+            model_cfg.name_or_path, model_path, dtype=model_cfg.dtype, quantization=model_cfg.quantization
+        )
+    else:
+        model = load_model(model_path, dtype=model_cfg.dtype)
+    model.eval()
+    return model
+
+
+def eval_sets(splits: QASplits) -> dict[str, list[dict]]:
+    sets = {
+        "forget": splits.forget_eval,
+        "retain": splits.retain_eval,
+        "real_authors": splits.real_authors,
+        "world_facts": splits.world_facts,
+    }
+    if splits.holdout:
+        sets["holdout"] = splits.holdout
+    return sets
+
+
+def run_extrapolate(spec: RunSpec, options: RunOptions) -> Path:
+    """MOX. Without `extrapolate.memorization`: memorize, then extrapolate (the unlearn stage with method mox).
+    With it: only extrapolate that saved memorization adapter/model for every α (cheap; no training)."""
+    if spec.method not in (None, "mox"):
+        raise ConfigError(f"the extrapolate stage runs MOX; this config names method {spec.method!r} (use `unlearn`)")
+    spec.method = "mox"
+    if not spec.extrapolate.memorization:
+        return run_unlearn(spec, options)
+    from . import extrapolate as xp
+
+    args = training_args(spec, "unlearn")
+    memorization = spec.extrapolate.memorization
+    run_dir = prepare_run_dir(args.output_dir, options.overwrite, options.resume)
+    tokenizer = load_tokenizer(spec.model.name_or_path)
+    exports = {}
+    if is_adapter_dir(memorization):
+        mem = load_with_adapter(
+            spec.model.name_or_path, memorization, dtype=spec.model.dtype, quantization=spec.model.quantization
+        )
+        for i, alpha in enumerate(args.all_alphas()):
+            out = run_dir / ("unlearned" if i == 0 else f"alpha_{alpha:g}")
+            xp.save_extrapolated_adapter(mem, alpha, out)
+            tokenizer.save_pretrained(out)
+            exports[out.name] = {"alpha": alpha, "kind": "adapter"}
+    else:
+        ref = load_model(spec.model.name_or_path, dtype=spec.model.dtype)
+        mem = load_model(memorization, dtype=spec.model.dtype)
+        for i, alpha in enumerate(args.all_alphas()):
+            out = run_dir / ("unlearned" if i == 0 else f"alpha_{alpha:g}")
+            xp.save_extrapolated_model(ref, mem, alpha, out, tokenizer)
+            exports[out.name] = {"alpha": alpha, "kind": "model"}
+    write_run_info(
+        run_dir,
+        {
+            "stage": "extrapolate",
+            "method": "mox",
+            "memorization": memorization,
+            "alphas": args.all_alphas(),
+            "alpha": args.alpha,
+            "base_model": spec.model.name_or_path,
+            "exports": exports,
+            "seed": args.seed,
+            "hyperparameters": _hyperparameters(args),
+        },
+    )
+    return run_dir / "unlearned"
+
+
+def run_evaluate(spec: RunSpec, options: RunOptions) -> Path:
+    """Evaluate `evaluation.model_path` (default: <training.output_dir>/unlearned); writes per_sample.json and
+    summary.json into `evaluation.output_dir` (default: <model_path>/eval)."""
+    from .evaluation.runner import run_evaluation
+    from .evaluation.tofu import TofuEvalOptions
+
+    settings = spec.evaluation
+    if settings.suite != "tofu":
+        raise ConfigError(
+            f"evaluation.suite {settings.suite!r}: the QA pipeline evaluates 'tofu' (MUSE: llm_unlearn.evaluation.muse)"
+        )
+    model_path = settings.model_path
+    if model_path is None:
+        output_dir = (spec.raw.get("training") or {}).get("output_dir")
+        if output_dir is None:
+            raise ConfigError("set evaluation.model_path (the model or adapter folder to evaluate)")
+        model_path = str(Path(output_dir) / "unlearned")
+    if not Path(model_path).is_dir():
+        raise FileNotFoundError(f"evaluation.model_path {model_path} is not a folder (train or extrapolate first)")
+    out_dir = Path(settings.output_dir or Path(model_path).parent / "eval")
+    out_dir = prepare_run_dir(out_dir, options.overwrite, options.resume)
+    eval_options = build_dataclass(TofuEvalOptions, settings.options, "evaluation.options")
+    splits = load_qa_splits(spec.data)
+    tokenizer = load_tokenizer(spec.model.name_or_path)
+    model = load_for_eval(spec.model, model_path)
+    timer = Stopwatch()
+    summary = run_evaluation(
+        model,
+        tokenizer,
+        "tofu",
+        eval_sets(splits),
+        out_dir,
+        eval_options,
+        spec.fmt,
+        settings.reference_log,
+    )
+    from .evaluation.scoring import distributed_state, is_main_process
+
+    if is_main_process(distributed_state()):
+        write_run_info(
+            out_dir,
+            {
+                "stage": "evaluate",
+                "model_path": model_path,
+                "base_model": spec.model.name_or_path,
+                "reference_log": settings.reference_log,
+                "data": data_summary(splits),
+                "format": spec.fmt.describe(),
+                "wall_time_s": timer.seconds(),
+                "peak_memory_mb": round(peak_memory_mb(), 1),
+                "summary_metrics": summary.get("metrics", summary) if isinstance(summary, dict) else None,
+            },
+        )
+    return out_dir
