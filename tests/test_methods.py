@@ -79,7 +79,7 @@ def test_loss_matches_hand_computation(method, tokenizer, tmp_path):
     mask = batch["retain"]["labels"][:, 1:] != -100
     p_ref = torch.softmax(ref_logits[:, :-1], -1)
     kl = (p_ref * (torch.log_softmax(ref_logits[:, :-1], -1) - torch.log_softmax(logits[:, :-1], -1))).sum(-1)
-    kl = kl[mask].mean()
+    kl = torch.stack([kl[b][mask[b]].mean() for b in range(kl.shape[0])]).mean()
     if method == "ga":
         expected = -f_nll.mean()
     elif method == "grad_diff":

@@ -95,12 +95,15 @@ def sequence_stats(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
 
 
 def token_kl(ref_logits: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Token-mean KL(p_ref || p_theta) over the positions in `mask` (shifted like the labels)."""
+    """KL(p_ref || p_theta) averaged over the positions in `mask` (shifted like the labels) of each sample,
+    then over samples. Per-sample means (like the NLL) make a DDP step over b + b rows equal to one
+    process's step over the same 2b rows."""
     ref_logp = torch.log_softmax(ref_logits[:, :-1].float(), dim=-1)
     logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
     per_token = (ref_logp.exp() * (ref_logp - logp)).sum(-1)
     mask = mask.to(per_token.dtype)
-    return (per_token * mask).sum() / mask.sum().clamp_min(1)
+    per_sample = (per_token * mask).sum(-1) / mask.sum(-1).clamp_min(1)
+    return per_sample.mean()
 
 
 def forward_logits(model, batch: dict) -> torch.Tensor:

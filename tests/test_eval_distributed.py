@@ -1,0 +1,99 @@
+"""1 and 2 CPU processes give the same per-sample evaluation values (DESIGN.md §5 Distributed)."""
+
+import importlib.util
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from llm_unlearn.models import tiny_llama
+
+pytestmark = pytest.mark.distributed
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "tests" / "scripts" / "eval_distributed.py"
+CONFIG = REPO / "recipes" / "accelerate_configs" / "cpu_2proc.yaml"
+
+
+def _free_port() -> int:
+    # Another test run on the same machine may hold accelerate's default port.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _run(command: list[str], out: Path) -> None:
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONPATH": str(REPO),
+    }
+    for _attempt in range(2):  # one retry: gloo occasionally aborts a process at start-up or exit
+        proc = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=180)
+        if proc.returncode == 0 and (out / "done").is_file():
+            return
+    pytest.fail(f"{' '.join(command)} failed (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+
+
+def _assert_same(one, two, where: str) -> None:
+    if isinstance(one, dict):
+        assert set(one) == set(two), f"{where}: keys differ"
+        for key in one:
+            _assert_same(one[key], two[key], f"{where}/{key}")
+    elif isinstance(one, list):
+        assert len(one) == len(two), where
+        for i, (a, b) in enumerate(zip(one, two)):
+            _assert_same(a, b, f"{where}[{i}]")
+    elif isinstance(one, float):
+        assert math.isclose(one, two, rel_tol=1e-5, abs_tol=1e-6), f"{where}: {one} vs {two}"
+    else:
+        assert one == two, f"{where}: {one!r} vs {two!r}"
+
+
+def test_one_and_two_processes_give_the_same_values(tokenizer, tmp_path):
+    model = tiny_llama(len(tokenizer), seed=3)
+    # A random untied head makes greedy generations depend on the prompt (a tied one repeats the input).
+    torch.manual_seed(3)
+    model.config.tie_word_embeddings = False
+    model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.lm_head.weight) * 0.5)
+    model.save_pretrained(tmp_path / "model")
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    # One process: here, on the reloaded model (saves a second interpreter start-up).
+    spec = importlib.util.spec_from_file_location("eval_distributed", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        script.evaluate_all(AutoModelForCausalLM.from_pretrained(tmp_path / "model"), tokenizer, one)
+    finally:
+        torch.set_num_threads(threads)
+    # Two processes through accelerate.
+    args = ["--model", str(tmp_path / "model")]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIG)]
+    launch += ["--main_process_port", str(_free_port())]
+    _run([*launch, str(SCRIPT), *args, "--out", str(two), "--world-size", "2"], two)
+
+    for suite in ("tofu", "muse"):
+        per_one = json.loads((one / suite / "per_sample.json").read_text())
+        per_two = json.loads((two / suite / "per_sample.json").read_text())
+        _assert_same(per_one, per_two, suite)
+        sum_one = json.loads((one / suite / "summary.json").read_text())
+        sum_two = json.loads((two / suite / "summary.json").read_text())
+        assert (sum_one["num_processes"], sum_two["num_processes"]) == (1, 2)
+        _assert_same(sum_one["metrics"], sum_two["metrics"], f"{suite} summary")
+    tofu = json.loads((two / "tofu" / "per_sample.json").read_text())
+    assert list(tofu["forget"]["truth_ratio"]) == ["50", "51", "52", "53", "54"]  # both shards gathered
+    assert list(tofu["real_authors"]["truth_ratio"]) == ["3"]  # one row: rank 1 had an empty shard
+    generations = list(tofu["forget"]["generation"].values())
+    assert all(generations) and len(set(generations)) > 1
