@@ -127,8 +127,7 @@ def run_demo(out: str | None = None, quick: bool = False) -> Path:
 
     from .evaluation.report import make_report
 
-    report = make_report(list(eval_dirs.values()), root / "report")
-    table = (Path(report) / "report.md") if Path(report).is_dir() else Path(report)
+    table = Path(make_report(list(eval_dirs.values()), root / "report"))
     text = table.read_text()
     # The comparison table is the report's first section; the per-run details follow in report.md.
     print("\n" + text.split("\n## ")[0].strip() + "\n", flush=True)

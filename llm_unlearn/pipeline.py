@@ -14,7 +14,7 @@ import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainingArguments, set_seed
 
 from .config import (
     ConfigError,
@@ -24,8 +24,8 @@ from .config import (
     build_dataclass,
     load_yaml,
 )
-from .data import DataConfig, QASplits, load_qa_splits, splits_fingerprint
-from .data.collate import PaddingCollator, PairedDataset, PromptFormat, QADataset, refusal_records
+from .data import TEXT_DATASETS, DataConfig, QASplits, load_qa_splits, load_text_corpora, splits_fingerprint
+from .data.collate import PaddingCollator, PairedDataset, PromptFormat, QADataset, TextDataset, refusal_records
 from .methods import get_method
 from .models import (
     is_adapter_dir,
@@ -35,7 +35,7 @@ from .models import (
     load_with_adapter,
     wrap_lora,
 )
-from .runs import Stopwatch, last_checkpoint, peak_memory_mb, prepare_run_dir, write_run_info
+from .runs import Stopwatch, checkpoint_files, last_checkpoint, peak_memory_mb, prepare_run_dir, write_run_info
 from .utils import atomic_dir, atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -160,14 +160,15 @@ def _save_model_folder(model, tokenizer, out_dir: Path) -> Path:
     return atomic_dir(out_dir, write)
 
 
-def _resume_from(run_dir: Path, options: RunOptions) -> str | None:
+def _resume_from(run_dir: Path, options: RunOptions, trainer) -> str | None:
     if not options.resume:
         return None
-    checkpoint = last_checkpoint(run_dir)
+    required = checkpoint_files(trainer)
+    checkpoint = last_checkpoint(run_dir, required)
     if checkpoint is None:
         raise FileNotFoundError(
-            f"--resume: {run_dir} has no checkpoint-* folder to resume from (set training.save_strategy to "
-            "'steps' or 'epoch' so runs keep checkpoints)"
+            f"--resume: {run_dir} has no complete checkpoint-* folder (with {', '.join(required)}) to resume from "
+            "(set training.save_strategy to 'steps' or 'epoch' so runs keep checkpoints)"
         )
     return checkpoint
 
@@ -175,20 +176,22 @@ def _resume_from(run_dir: Path, options: RunOptions) -> str | None:
 def run_finetune(spec: RunSpec, options: RunOptions) -> Path:
     """Fit the target model (forget + retain) or the retain model; writes <output_dir>/model."""
     args = training_args(spec, "finetune")
-    splits = load_qa_splits(spec.data)
-    records = splits.target_train if spec.finetune.which == "target" else splits.retain_train
+    data = TrainingData.load(spec.data)
     run_dir = prepare_run_dir(args.output_dir, options.overwrite, options.resume)
     timer = Stopwatch()
     tokenizer = load_tokenizer(spec.model.name_or_path)
+    # Seed before building: LoRA's A matrices are drawn from the global RNG when the adapter is created, and the
+    # Trainer only seeds in its own __init__ (too late), so without this two runs with one seed differ.
+    set_seed(args.seed)
     model = build_model(spec.model)
     trainer = Trainer(
         model=model,
         args=args,
-        train_dataset=QADataset(records, tokenizer, spec.fmt),
+        train_dataset=data.finetune_dataset(spec.finetune.which, tokenizer, spec.fmt),
         data_collator=PaddingCollator(tokenizer.pad_token_id, mask_pad_ids=spec.fmt.label_mode == "open_unlearning"),
         processing_class=tokenizer,
     )
-    trainer.train(resume_from_checkpoint=_resume_from(run_dir, options))
+    trainer.train(resume_from_checkpoint=_resume_from(run_dir, options, trainer))
     out = run_dir / "model"
     if trainer.accelerator.is_main_process:
         final = trainer.accelerator.unwrap_model(trainer.model)
@@ -203,7 +206,7 @@ def run_finetune(spec: RunSpec, options: RunOptions) -> Path:
                 "which": spec.finetune.which,
                 "base_model": spec.model.name_or_path,
                 "lora": asdict(spec.model.lora) if spec.model.lora else None,
-                "data": data_summary(splits),
+                "data": data.summary(),
                 "format": spec.fmt.describe(),
                 "seed": args.seed,
                 "hyperparameters": _hyperparameters(args),
@@ -235,21 +238,82 @@ def _hyperparameters(args) -> dict:
     return {**{k: values[k] for k in sorted(common) if k in values}, **own}
 
 
-def paired_dataset(splits: QASplits, tokenizer, fmt: PromptFormat, seed: int) -> PairedDataset:
-    forget = QADataset(splits.forget, tokenizer, fmt)
-    retain = QADataset(splits.retain, tokenizer, fmt)
-    refusal = QADataset(refusal_records(splits.forget, seed), tokenizer, fmt)
-    return PairedDataset(forget, retain, refusal, seed=seed)
+@dataclass
+class TrainingData:
+    """What a run trains and evaluates on: QA splits (synthetic authors, TOFU) or MUSE-layout text corpora."""
+
+    config: DataConfig
+    splits: QASplits | None = None
+    corpora: dict | None = None
+
+    @classmethod
+    def load(cls, config: DataConfig) -> TrainingData:
+        if config.dataset in TEXT_DATASETS:
+            return cls(config, corpora=load_text_corpora(config))
+        return cls(config, splits=load_qa_splits(config))
+
+    @property
+    def is_text(self) -> bool:
+        return self.corpora is not None
+
+    def _raw(self, *names: str) -> list[dict]:
+        rows = []
+        for name in names:
+            rows += [{**r, "index": len(rows) + i} for i, r in enumerate(self.corpora["raw"][name])]
+        return rows
+
+    def finetune_dataset(self, which: str, tokenizer, fmt: PromptFormat):
+        if self.is_text:
+            names = ("forget", "retain1", "retain2") if which == "target" else ("retain1", "retain2")
+            return TextDataset(self._raw(*names), tokenizer, fmt.max_length)
+        records = self.splits.target_train if which == "target" else self.splits.retain_train
+        return QADataset(records, tokenizer, fmt)
+
+    def paired_dataset(self, tokenizer, fmt: PromptFormat, seed: int) -> PairedDataset:
+        if self.is_text:
+            forget = TextDataset(self._raw("forget"), tokenizer, fmt.max_length)
+            retain = TextDataset(self._raw("retain1"), tokenizer, fmt.max_length)
+            return PairedDataset(forget, retain, None, seed=seed)
+        forget = QADataset(self.splits.forget, tokenizer, fmt)
+        retain = QADataset(self.splits.retain, tokenizer, fmt)
+        refusal = QADataset(refusal_records(self.splits.forget, seed), tokenizer, fmt)
+        return PairedDataset(forget, retain, refusal, seed=seed)
+
+    def eval_data(self) -> tuple[str, dict]:
+        """(suite, data) for the evaluation stage."""
+        if self.is_text:
+            return "muse", self.corpora
+        return "tofu", eval_sets(self.splits)
+
+    def summary(self) -> dict:
+        if not self.is_text:
+            return data_summary(self.splits)
+        return {
+            "dataset": self.config.dataset,
+            "source": self.config.source,
+            "splits": {
+                f"{subset}/{split}": {"rows": len(rows), "sha256": splits_fingerprint(rows)}
+                for subset, parts in self.corpora.items()
+                for split, rows in parts.items()
+            },
+        }
 
 
 def run_unlearn(spec: RunSpec, options: RunOptions) -> Path:
     """Unlearn with `spec.method` from the target model; writes <output_dir>/unlearned and run_info.json."""
     method = get_method(spec.method or "")
     args = training_args(spec, "unlearn")
-    splits = load_qa_splits(spec.data)
+    data = TrainingData.load(spec.data)
+    if data.is_text and method.trainer.wants_refusal(args):
+        raise ConfigError(
+            f"method {spec.method!r} needs question/answer data (refusals); {spec.data.dataset!r} is raw text"
+        )
     run_dir = prepare_run_dir(args.output_dir, options.overwrite, options.resume)
     timer = Stopwatch()
     tokenizer = load_tokenizer(spec.model.name_or_path)
+    # Seed before building: LoRA's A matrices are drawn from the global RNG when the adapter is created, and the
+    # Trainer only seeds in its own __init__ (too late), so without this two runs with one seed differ.
+    set_seed(args.seed)
     model = build_model(spec.model)
     ref_model = None
     if spec.model.lora is None and method.trainer.wants_reference(args):
@@ -258,11 +322,11 @@ def run_unlearn(spec: RunSpec, options: RunOptions) -> Path:
     trainer = method.trainer(
         model=model,
         args=args,
-        train_dataset=paired_dataset(splits, tokenizer, spec.fmt, args.seed),
+        train_dataset=data.paired_dataset(tokenizer, spec.fmt, args.seed),
         processing_class=tokenizer,
         ref_model=ref_model,
     )
-    trainer.train(resume_from_checkpoint=_resume_from(run_dir, options))
+    trainer.train(resume_from_checkpoint=_resume_from(run_dir, options, trainer))
     exports = {"unlearned": trainer.export_unlearned(str(run_dir / "unlearned"))}
     if hasattr(args, "all_alphas"):
         for alpha in args.all_alphas()[1:]:
@@ -281,7 +345,7 @@ def run_unlearn(spec: RunSpec, options: RunOptions) -> Path:
             "base_model": spec.model.name_or_path,
             "base_model_revision": None,
             "lora": asdict(spec.model.lora) if spec.model.lora else None,
-            "data": data_summary(splits),
+            "data": data.summary(),
             "format": spec.fmt.describe(),
             "seed": args.seed,
             "exports": exports,
@@ -373,13 +437,16 @@ def run_extrapolate(spec: RunSpec, options: RunOptions) -> Path:
 def run_evaluate(spec: RunSpec, options: RunOptions) -> Path:
     """Evaluate `evaluation.model_path` (default: <training.output_dir>/unlearned); writes per_sample.json and
     summary.json into `evaluation.output_dir` (default: <model_path>/eval)."""
+    from .evaluation.muse import MuseEvalOptions
     from .evaluation.runner import run_evaluation
     from .evaluation.tofu import TofuEvalOptions
 
     settings = spec.evaluation
-    if settings.suite != "tofu":
+    data = TrainingData.load(spec.data)
+    suite, eval_data = data.eval_data()
+    if settings.suite != suite:
         raise ConfigError(
-            f"evaluation.suite {settings.suite!r}: the QA pipeline evaluates 'tofu' (MUSE: llm_unlearn.evaluation.muse)"
+            f"evaluation.suite {settings.suite!r} does not fit data.dataset {spec.data.dataset!r}: use {suite!r}"
         )
     model_path = settings.model_path
     if model_path is None:
@@ -391,16 +458,16 @@ def run_evaluate(spec: RunSpec, options: RunOptions) -> Path:
         raise FileNotFoundError(f"evaluation.model_path {model_path} is not a folder (train or extrapolate first)")
     out_dir = Path(settings.output_dir or Path(model_path).parent / "eval")
     out_dir = prepare_run_dir(out_dir, options.overwrite, options.resume)
-    eval_options = build_dataclass(TofuEvalOptions, settings.options, "evaluation.options")
-    splits = load_qa_splits(spec.data)
+    options_cls = TofuEvalOptions if suite == "tofu" else MuseEvalOptions
+    eval_options = build_dataclass(options_cls, settings.options, "evaluation.options")
     tokenizer = load_tokenizer(spec.model.name_or_path)
     model = load_for_eval(spec.model, model_path)
     timer = Stopwatch()
     summary = run_evaluation(
         model,
         tokenizer,
-        "tofu",
-        eval_sets(splits),
+        suite,
+        eval_data,
         out_dir,
         eval_options,
         spec.fmt,
@@ -416,7 +483,7 @@ def run_evaluate(spec: RunSpec, options: RunOptions) -> Path:
                 "model_path": model_path,
                 "base_model": spec.model.name_or_path,
                 "reference_log": settings.reference_log,
-                "data": data_summary(splits),
+                "data": data.summary(),
                 "format": spec.fmt.describe(),
                 "wall_time_s": timer.seconds(),
                 "peak_memory_mb": round(peak_memory_mb(), 1),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import resource
 import shutil
@@ -13,6 +14,8 @@ import torch
 
 from . import __version__
 from .utils import atomic_write_json, environment_info
+
+logger = logging.getLogger(__name__)
 
 
 class RunExistsError(FileExistsError):
@@ -38,10 +41,39 @@ def prepare_run_dir(path: str | os.PathLike, overwrite: bool = False, resume: bo
     return path
 
 
-def last_checkpoint(path: str | os.PathLike) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+CHECKPOINT_STATE_FILE = "trainer_state.json"  # the Trainer writes it last; callbacks' files come after it
 
-    return get_last_checkpoint(str(path)) if Path(path).is_dir() else None
+
+def last_checkpoint(path: str | os.PathLike, required_files: tuple[str, ...] = (CHECKPOINT_STATE_FILE,)) -> str | None:
+    """The newest checkpoint-<step> folder holding every file in `required_files`.
+
+    The Trainer writes checkpoints in place, not atomically: a run killed while saving leaves a newer folder
+    without its trainer_state.json (or without a callback's state file, e.g. momentum.pt). Such folders are
+    skipped with a warning, so --resume continues from the last complete checkpoint instead of failing.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        return None
+    steps = []
+    for folder in root.glob("checkpoint-*"):
+        suffix = folder.name.split("-", 1)[1]
+        if folder.is_dir() and suffix.isdigit():
+            steps.append((int(suffix), folder))
+    for _, folder in sorted(steps, reverse=True):
+        missing = [name for name in required_files if not (folder / name).is_file()]
+        if not missing:
+            return str(folder)
+        logger.warning(
+            "skipping incomplete checkpoint %s (missing %s; the run stopped while saving it)", folder, missing
+        )
+    return None
+
+
+def checkpoint_files(trainer) -> tuple[str, ...]:
+    """Files a checkpoint of this trainer must hold to be resumable: the Trainer's state plus each stateful
+    callback's `FILE` (MOX momentum.pt, SFR-on saliency, EUPMU λ), which on_save writes after the weights."""
+    extra = [cb.FILE for cb in trainer.callback_handler.callbacks if isinstance(getattr(cb, "FILE", None), str)]
+    return (CHECKPOINT_STATE_FILE, *extra)
 
 
 def peak_memory_mb() -> float:

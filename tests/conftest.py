@@ -22,6 +22,19 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip_gpu)
 
 
+@pytest.fixture(autouse=True)
+def _threads_for_test(request):
+    """Tiny-model tests run faster on one thread (thread start-up dominates tiny matmuls); slow tests on the
+    real model keep every core."""
+    if "slow" in request.keywords:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def tofu_dir() -> Path:
     if not (TOFU_DIR / "full.json").is_file():

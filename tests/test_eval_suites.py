@@ -21,15 +21,6 @@ from llm_unlearn.evaluation.tofu import TofuEvalOptions, evaluate_tofu
 FAST = TofuEvalOptions(batch_size=2, max_new_tokens=3)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny-model tensors gain nothing from threads, and on the shared 2-core machine extra threads cost 10x+."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _qa(index, subject, perturbed=5, paraphrase=True):
     record = {
         "index": index,

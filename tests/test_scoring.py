@@ -27,15 +27,6 @@ QA = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny-model tensors gain nothing from threads, and on the shared 2-core machine extra threads cost 10x+."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _untied(model, seed=1):
     """A random output head, so that greedy generation varies with the prompt (tied heads repeat the input)."""
     torch.manual_seed(seed)

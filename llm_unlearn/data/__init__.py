@@ -15,7 +15,8 @@ from dataclasses import dataclass, field, fields
 
 from llm_unlearn.data.io import DataError
 
-DATASETS = ("synthetic", "tofu")
+DATASETS = ("synthetic", "tofu", "muse", "synthetic_news")
+TEXT_DATASETS = ("muse", "synthetic_news")
 TOFU_FORGET_SPLITS = ("forget01", "forget05", "forget10")
 TOFU_HOLDOUT_SPLITS = ("holdout01", "holdout05", "holdout10")
 
@@ -24,7 +25,9 @@ TOFU_HOLDOUT_SPLITS = ("holdout01", "holdout05", "holdout10")
 class DataConfig:
     """Which QA data a run uses. YAML recipes mirror these field names; keep them stable.
 
-    dataset: "synthetic" (embedded generator, no files) or "tofu".
+    dataset: "synthetic" (embedded generator, no files), "tofu", "muse" (MUSE-News layout from `source`: a
+        folder or the Hub id muse-bench/MUSE-News) or "synthetic_news" (embedded MUSE-style news).
+    news_articles: synthetic_news size (forget and holdout articles; retain gets twice as many).
     source: tofu only: a local folder holding `<split>.json` files, or a Hub id (None = "locuslab/TOFU").
     forget_split: tofu only: forget01 / forget05 / forget10 (1/5/10 % of the 200 authors).
     holdout_split: tofu only: Hub split holdout01/05/10 as the non-member set; None = hold out the block of
@@ -38,6 +41,7 @@ class DataConfig:
 
     dataset: str = "synthetic"
     source: str | None = None
+    news_articles: int = 6
     forget_split: str = "forget01"
     holdout_split: str | None = None
     retain_authors: int | None = None
@@ -125,8 +129,24 @@ def splits_fingerprint(records: list[dict]) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
+def load_text_corpora(config: DataConfig) -> dict[str, dict[str, list[dict]]]:
+    """MUSE-layout data ({subset: {split: records}}) for the text datasets (muse, synthetic_news)."""
+    if config.dataset == "muse":
+        from llm_unlearn.data.muse import MUSE_NEWS_HUB_ID, load_muse
+
+        return load_muse(config.source or MUSE_NEWS_HUB_ID)
+    if config.dataset == "synthetic_news":
+        from llm_unlearn.data.synthetic import make_news
+
+        n = config.news_articles
+        return make_news(n_forget=n, n_retain=2 * n, n_holdout=n, seed=config.seed)
+    raise DataError(f"data.dataset {config.dataset!r} is a QA dataset; text corpora come from {TEXT_DATASETS}")
+
+
 def load_qa_splits(config: DataConfig) -> QASplits:
     """Load the QA splits the config names (TOFU from a folder or the Hub, or the embedded synthetic authors)."""
+    if config.dataset in TEXT_DATASETS:
+        raise DataError(f"data.dataset {config.dataset!r} is a text corpus: use load_text_corpora")
     if config.dataset == "tofu":
         from llm_unlearn.data.tofu import load_tofu_splits
 
@@ -138,6 +158,8 @@ def load_qa_splits(config: DataConfig) -> QASplits:
 
 __all__ = [
     "DATASETS",
+    "TEXT_DATASETS",
+    "load_text_corpora",
     "DataConfig",
     "DataError",
     "QASplits",

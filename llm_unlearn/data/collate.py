@@ -141,6 +141,29 @@ class QADataset(Dataset):
         return self.items[i]
 
 
+class TextDataset(Dataset):
+    """Raw text (MUSE corpora) for NLL on every token: each text is cut into windows of `max_length` tokens.
+    Items carry the record index so per-sample logs stay keyed by it."""
+
+    def __init__(self, records: Sequence[dict], tokenizer, max_length: int = 512, text_key: str = "text"):
+        self.items = []
+        for i, record in enumerate(records):
+            ids = tokenizer(record[text_key], add_special_tokens=False)["input_ids"]
+            for start in range(0, max(len(ids), 1), max_length):
+                window = ids[start : start + max_length]
+                if len(window) < 2:
+                    continue
+                labels = list(window)
+                labels[0] = IGNORE_INDEX
+                self.items.append({"input_ids": window, "labels": labels, "index": int(record.get("index", i))})
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.items[i]
+
+
 def refusal_records(records: Sequence[dict], seed: int = 0) -> list[dict]:
     """The same questions answered with a refusal, chosen deterministically per record."""
     rng = random.Random(seed)

@@ -12,7 +12,6 @@ import math
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -20,6 +19,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from ..data.collate import IGNORE_INDEX, PairedCollator
 from ..models import is_peft_model
+from ..runs import checkpoint_files, last_checkpoint
 from ..utils import atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -178,6 +178,11 @@ class UnlearningTrainer(Trainer):
         """Whether a run with these settings needs θ_ref (recipes load a frozen copy for full weights)."""
         return cls.needs_reference or getattr(args, "retain_loss", None) == "kl"
 
+    @classmethod
+    def wants_refusal(cls, args) -> bool:
+        """Whether a run with these settings needs refusal answers (question/answer data only)."""
+        return cls.needs_refusal
+
     def uses_reference(self) -> bool:
         return self.wants_reference(self.args)
 
@@ -255,6 +260,8 @@ class UnlearningTrainer(Trainer):
             self._terms[name].append(value)
         bound = self.args.forget_nll_bound
         forget_nll = terms.get("forget_nll")
+        if isinstance(forget_nll, torch.Tensor):
+            forget_nll = forget_nll.detach()
         if bound is not None and forget_nll is not None and float(forget_nll) > bound:
             if not self.runaway_steps:
                 logger.warning(
@@ -267,12 +274,8 @@ class UnlearningTrainer(Trainer):
             self.runaway_steps.append(self.state.global_step)
 
     def last_checkpoint(self) -> str | None:
-        root = Path(self.args.output_dir)
-        ckpts = sorted(
-            root.glob("checkpoint-*"),
-            key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1,
-        )
-        return str(ckpts[-1]) if ckpts else None
+        """The newest complete (resumable) checkpoint; one cut short while saving is not a good one."""
+        return last_checkpoint(self.args.output_dir, checkpoint_files(self))
 
     def fail_non_finite(self, what: str) -> None:
         raise NonFiniteLossError(

@@ -87,9 +87,9 @@ class MOXTrainer(UnlearningTrainer):
             self.momentum = MomentumCallback(self, self.args.momentum_eta, self.args.refresh_steps)
             self.add_callback(self.momentum)
 
-    @property
-    def needs_refusal(self) -> bool:  # type: ignore[override]
-        return self.args.targeted
+    @classmethod
+    def wants_refusal(cls, args) -> bool:
+        return args.targeted
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         args = self.args

@@ -1,0 +1,72 @@
+"""One training step of `ungrad` / `pcgrad` (and `eupmu`, `sfron`) on the tiny LoRA model, under 1 or 2 processes.
+
+Launched by tests/test_surgery_distributed.py with plain python (1 process, per-device batch 2b) and with
+`accelerate launch --config_file recipes/accelerate_configs/cpu_2proc.yaml` (2 processes, batch b). The
+dataset is exactly one global batch, so both runs see the same rows whatever the sampler order. Rank 0
+writes the trainable parameters after the step and the logged surgery terms to <out>/<method>.pt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+ROWS = 4  # forget rows = retain rows = one global batch
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--methods", nargs="+", required=True)
+    parser.add_argument("--per-device-batch", type=int, required=True)
+    parser.add_argument("--world-size", type=int, required=True)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+
+    import torch
+    from helpers import FORGET, RETAIN, make_trainer, paired
+
+    from llm_unlearn.models import LoraSettings, load_tokenizer, tiny_llama, wrap_lora
+
+    torch.set_num_threads(1)
+    assert args.per_device_batch * args.world_size == ROWS, "the global batch must be the whole dataset"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = load_tokenizer("smollm2-135m-instruct")
+    for method in args.methods:
+        model = wrap_lora(tiny_llama(len(tokenizer), seed=0), LoraSettings())
+        trainer = make_trainer(
+            method,
+            model,
+            tokenizer,
+            out / f"run-{method}",
+            dataset=paired(tokenizer, forget=FORGET[:ROWS], retain=RETAIN[:ROWS], refusal=False),
+            per_device_train_batch_size=args.per_device_batch,
+            max_steps=1,
+            optim="sgd",  # the update is exactly lr·direction, so the comparison sees its magnitude too
+            learning_rate=0.1,
+        )
+        assert trainer.accelerator.num_processes == args.world_size, (
+            f"expected {args.world_size} processes, got {trainer.accelerator.num_processes}"
+        )
+        trainer.train()
+        if trainer.accelerator.is_main_process:
+            unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+            params = {n: p.detach().clone() for n, p in unwrapped.named_parameters() if p.requires_grad}
+            logged = {k: v for row in trainer.state.log_history for k, v in row.items() if isinstance(v, float)}
+            torch.save({"params": params, "logged": logged}, out / f"{method}.pt")
+        trainer.accelerator.wait_for_everyone()
+    if int(os.environ.get("RANK", "0")) == 0:
+        (out / "done").write_text("ok\n")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # gloo sometimes aborts at interpreter exit after the work is done (DESIGN.md §9)
+
+
+if __name__ == "__main__":
+    main()
