@@ -1,9 +1,10 @@
-"""One training step of `ungrad` / `pcgrad` (and `eupmu`, `sfron`) on the tiny LoRA model, under 1 or 2 processes.
+"""One training step of any registered method on the tiny LoRA model, under 1 or 2 processes.
 
-Launched by tests/test_surgery_distributed.py with plain python (1 process, per-device batch 2b) and with
+Launched by tests/test_methods_distributed.py with plain python (1 process, per-device batch 2b) and with
 `accelerate launch --config_file recipes/accelerate_configs/cpu_2proc.yaml` (2 processes, batch b). The
 dataset is exactly one global batch, so both runs see the same rows whatever the sampler order. Rank 0
-writes the trainable parameters after the step and the logged surgery terms to <out>/<method>.pt.
+writes the trainable parameters after the step and the logged terms to <out>/<method>.pt; every rank writes
+its own parameters to <out>/<method>-rank<r>.pt (all ranks must end with the same weights).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def main() -> None:
             model,
             tokenizer,
             out / f"run-{method}",
-            dataset=paired(tokenizer, forget=FORGET[:ROWS], retain=RETAIN[:ROWS], refusal=False),
+            dataset=paired(tokenizer, forget=FORGET[:ROWS], retain=RETAIN[:ROWS]),
             per_device_train_batch_size=args.per_device_batch,
             max_steps=1,
             optim="sgd",  # the update is exactly lr·direction, so the comparison sees its magnitude too
@@ -55,9 +56,10 @@ def main() -> None:
             f"expected {args.world_size} processes, got {trainer.accelerator.num_processes}"
         )
         trainer.train()
+        unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+        params = {n: p.detach().clone() for n, p in unwrapped.named_parameters() if p.requires_grad}
+        torch.save(params, out / f"{method}-rank{trainer.accelerator.process_index}.pt")
         if trainer.accelerator.is_main_process:
-            unwrapped = trainer.accelerator.unwrap_model(trainer.model)
-            params = {n: p.detach().clone() for n, p in unwrapped.named_parameters() if p.requires_grad}
             logged = {k: v for row in trainer.state.log_history for k, v in row.items() if isinstance(v, float)}
             torch.save({"params": params, "logged": logged}, out / f"{method}.pt")
         trainer.accelerator.wait_for_everyone()

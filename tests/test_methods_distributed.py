@@ -1,6 +1,7 @@
-"""`ungrad` and `pcgrad` under 2 CPU processes take the same step as 1 process with the doubled batch.
+"""Every method under 2 CPU processes ends with the same weights on both ranks, and takes the same step as
+1 process with the doubled batch.
 
-This only holds when the per-loss gradients are averaged over processes *before* the inner products.
+For `ungrad` and `pcgrad` this only holds when the per-loss gradients are averaged over processes *before* the inner products.
 `eupmu` (λ from retain losses averaged over processes) and `sfron` (Fisher sharded over processes, forget
 gradient averaged by hand) are checked the same way.
 """
@@ -17,9 +18,9 @@ import torch
 pytestmark = pytest.mark.distributed
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "tests" / "scripts" / "surgery_step.py"
+SCRIPT = REPO / "tests" / "scripts" / "method_step.py"
 CONFIG = REPO / "recipes" / "accelerate_configs" / "cpu_2proc.yaml"
-METHODS = ("ungrad", "pcgrad", "eupmu", "sfron")
+METHODS = ("ungrad", "pcgrad", "eupmu", "sfron", "ga", "grad_diff", "npo", "simnpo", "idk", "mox", "task_vector")
 
 
 def _free_port() -> int:
@@ -63,6 +64,9 @@ def test_two_processes_match_one_process_with_double_batch(tmp_path):
             if key in single["logged"]:
                 a, b = single["logged"][key], double["logged"][key]
                 assert abs(a - b) <= 1e-4 * max(1.0, abs(a)), (method, key, a, b)
+        rank0 = torch.load(two / f"{method}-rank0.pt", weights_only=True)
+        rank1 = torch.load(two / f"{method}-rank1.pt", weights_only=True)
+        assert all(torch.equal(rank0[name], rank1[name]) for name in rank0), f"{method}: ranks diverged"
         assert single["params"].keys() == double["params"].keys()
         moved = 0
         for name, value in single["params"].items():
