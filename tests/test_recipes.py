@@ -182,3 +182,23 @@ def test_synthetic_news_unlearn_and_muse_eval(tiny_dir, tmp_path):
     eval_dir = run_evaluate(load_spec(str(path), overrides + ["evaluation.reference_log=null"]), RunOptions())
     summary = json.loads((eval_dir / "summary.json").read_text())
     assert summary["suite"] == "muse"
+
+
+def test_readme_commands_name_real_files_and_valid_commands():
+    """The README's first lines are the two set-up commands; every recipe, config and CLI call it shows exists."""
+    import re
+    import shlex
+
+    from llm_unlearn.cli import build_parser
+
+    readme = (REPO / "README.md").read_text()
+    assert readme.splitlines()[1].startswith("make demo") and readme.splitlines()[2].startswith("make test")
+    assert "make test" in (REPO / ".ci" / "run").read_text()
+    for path in set(re.findall(r"recipes/[\w/.-]+\.(?:py|yaml)", readme)):
+        assert (REPO / path).is_file(), path
+    blocks = re.findall(r"```bash\n(.*?)```", readme, flags=re.S)
+    commands = [line.split("#")[0].strip() for block in blocks for line in block.replace("\\\n", " ").splitlines()]
+    cli_calls = [shlex.split(c)[1:] for c in commands if c.startswith("llm-unlearn ")]
+    assert len(cli_calls) >= 7
+    for argv in cli_calls:
+        build_parser().parse_args(argv)  # exits (SystemExit) on an invalid command line
