@@ -96,8 +96,43 @@ def _print_methods() -> None:
                 print(f"    {f.name} = {f.default!r}: {f.metadata.get('help', '')}")
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean "fix your input": printed as one line, not a traceback."""
+    from .config import ConfigError
+    from .data.io import DataError
+    from .extrapolate import ExtrapolationError
+    from .methods.base import NonFiniteLossError
+    from .models import AdapterMismatchError, ModelResolutionError
+    from .runs import RunExistsError
+
+    return (
+        ConfigError,
+        DataError,
+        ExtrapolationError,
+        NonFiniteLossError,
+        AdapterMismatchError,
+        ModelResolutionError,
+        RunExistsError,
+        FileNotFoundError,
+        KeyError,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except _user_errors() as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"[llm-unlearn] error: {message}", file=sys.stderr, flush=True)
+        if args.verbose:
+            raise
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    # peft imports bitsandbytes when installed; its CPU build warns about optional kernels at import.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )

@@ -17,6 +17,7 @@ Unknown sections or fields stop with an error that lists the valid names.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,35 @@ SECTIONS = ("model", "data", "format", "method", "training", "evaluation", "fine
 
 class ConfigError(ValueError):
     pass
+
+
+# accelerate launch configs shipped with the recipes (a source checkout; pip installs do not carry recipes/).
+ACCELERATE_CONFIG_DIR = Path(__file__).resolve().parents[1] / "recipes" / "accelerate_configs"
+ACCELERATE_CONFIGS = ("cpu_2proc", "ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3")
+
+
+def accelerate_config_path(name_or_path: str | Path) -> Path:
+    """The accelerate config file for a name in recipes/accelerate_configs (cpu_2proc, ddp, fsdp,
+    deepspeed_zero2, deepspeed_zero3) or a path to a config file; anything else raises listing the names."""
+    candidate = Path(name_or_path).expanduser()
+    if candidate.is_file():
+        return candidate
+    text = str(name_or_path)
+    name = text.removesuffix(".yaml")
+    if name in ACCELERATE_CONFIGS:
+        path = ACCELERATE_CONFIG_DIR / f"{name}.yaml"
+        if path.is_file():
+            return path
+        raise ConfigError(
+            f"accelerate config {name!r} is a known name but {path} is missing: run from a source checkout of "
+            "llm_unlearn (recipes/ is not installed by pip) or pass the path of your own accelerate config file"
+        )
+    looks_like_path = "/" in text or text.endswith((".yaml", ".yml", ".json"))
+    what = f"file {text} not found" if looks_like_path else f"unknown accelerate config {text!r}"
+    raise ConfigError(
+        f"{what}. Use one of the named configs in recipes/accelerate_configs ({', '.join(ACCELERATE_CONFIGS)}) "
+        "or the path of an accelerate config file (`accelerate config --config_file my.yaml` writes one)."
+    )
 
 
 @dataclass
@@ -92,8 +122,18 @@ def build_dataclass(cls, values: dict | None, where: str):
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(values) - names)
     if unknown:
+        hints = {name: difflib.get_close_matches(name, names, n=3) for name in unknown}
+        suggestions = "; ".join(
+            f"{name!r}: did you mean {', '.join(map(repr, close))}?" for name, close in hints.items() if close
+        )
+        listing = (
+            ", ".join(sorted(names))
+            if len(names) <= 25
+            else "see `llm-unlearn methods` (method fields) and transformers.TrainingArguments"
+        )
         raise ConfigError(
-            f"{where}: unknown field(s) {unknown}. Valid fields of {cls.__name__}: {', '.join(sorted(names))}"
+            f"{where}: unknown field(s) {unknown}. {suggestions + ' ' if suggestions else ''}"
+            f"Valid fields of {cls.__name__}: {listing}"
         )
     hints = typing.get_type_hints(cls)
     for key, value in list(values.items()):
@@ -113,6 +153,15 @@ def parse_override(text: str) -> tuple[list[str], object]:
     return key.strip().split("."), yaml.safe_load(raw)
 
 
+def check_sections(raw, where: str) -> None:
+    """A config is a mapping of known sections; a misspelt one would otherwise be ignored silently."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: the top level must be a mapping of sections ({', '.join(SECTIONS)})")
+    unknown = sorted(set(raw) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown section(s) {unknown}; valid sections: {', '.join(SECTIONS)}")
+
+
 def load_yaml(path: str | Path, overrides: list[str] | None = None) -> dict:
     path = Path(path)
     if not path.is_file():
@@ -121,11 +170,7 @@ def load_yaml(path: str | Path, overrides: list[str] | None = None) -> dict:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections ({', '.join(SECTIONS)})")
-    unknown = sorted(set(raw) - set(SECTIONS))
-    if unknown:
-        raise ConfigError(f"{path}: unknown section(s) {unknown}; valid sections: {', '.join(SECTIONS)}")
+    check_sections(raw, str(path))
     for text in overrides or []:
         keys, value = parse_override(text)
         if keys[0] not in SECTIONS:

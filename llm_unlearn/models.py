@@ -145,6 +145,8 @@ def load_model(name_or_path: str, dtype: str | torch.dtype = "float32", quantiza
         dtype = getattr(torch, dtype)
     if quantization is not None:
         kwargs["quantization_config"] = _bnb_config(quantization, dtype)
+        if not torch.cuda.is_available():
+            kwargs.setdefault("device_map", "cpu")  # bitsandbytes' CPU path: small models, smoke tests
     return AutoModelForCausalLM.from_pretrained(resolve_model_path(name_or_path), dtype=dtype, **kwargs)
 
 

@@ -22,6 +22,7 @@ from .config import (
     FinetuneSettings,
     ModelConfig,
     build_dataclass,
+    check_sections,
     load_yaml,
 )
 from .data import TEXT_DATASETS, DataConfig, QASplits, load_qa_splits, load_text_corpora, splits_fingerprint
@@ -88,17 +89,39 @@ class RunSpec:
     extrapolate: ExtrapolateSettings
 
 
+def eval_options_class(suite: str):
+    """The options dataclass of an evaluation suite (`evaluation.options` is built from it)."""
+    if suite == "tofu":
+        from .evaluation.tofu import TofuEvalOptions
+
+        return TofuEvalOptions
+    if suite == "muse":
+        from .evaluation.muse import MuseEvalOptions
+
+        return MuseEvalOptions
+    raise ConfigError(f"evaluation.suite must be 'tofu' or 'muse', not {suite!r}")
+
+
 def parse_config(raw: dict) -> RunSpec:
+    check_sections(raw, "config")
     method = raw.get("method")
     if method is not None:
-        get_method(method)  # unknown names fail here, before any model is loaded
+        try:
+            get_method(method)  # unknown names fail here, before any model is loaded
+        except KeyError as err:
+            raise ConfigError(f"method: {err.args[0]}") from None
+    data = build_dataclass(DataConfig, raw.get("data"), "data")
+    evaluation = build_dataclass(EvalSettings, raw.get("evaluation"), "evaluation")
+    # Unknown metric groups / eval set names fail at load time, not after training when evaluation starts.
+    suite = evaluation.suite or ("muse" if data.dataset in TEXT_DATASETS else "tofu")
+    build_dataclass(eval_options_class(suite), evaluation.options, "evaluation.options")
     return RunSpec(
         raw=raw,
         model=build_dataclass(ModelConfig, raw.get("model"), "model"),
-        data=build_dataclass(DataConfig, raw.get("data"), "data"),
+        data=data,
         fmt=build_dataclass(PromptFormat, raw.get("format"), "format"),
         method=method,
-        evaluation=build_dataclass(EvalSettings, raw.get("evaluation"), "evaluation"),
+        evaluation=evaluation,
         finetune=build_dataclass(FinetuneSettings, raw.get("finetune"), "finetune"),
         extrapolate=build_dataclass(ExtrapolateSettings, raw.get("extrapolate"), "extrapolate"),
     )
@@ -462,6 +485,10 @@ def run_evaluate(spec: RunSpec, options: RunOptions) -> Path:
     eval_options = build_dataclass(options_cls, settings.options, "evaluation.options")
     tokenizer = load_tokenizer(spec.model.name_or_path)
     model = load_for_eval(spec.model, model_path)
+    # Generation is greedy; the seed (training.seed when the config has one, else TrainingArguments' 42) only
+    # pins anything a suite might sample, and is recorded like every other stage's.
+    seed = int((spec.raw.get("training") or {}).get("seed", 42))
+    set_seed(seed)
     timer = Stopwatch()
     summary = run_evaluation(
         model,
@@ -480,6 +507,7 @@ def run_evaluate(spec: RunSpec, options: RunOptions) -> Path:
             out_dir,
             {
                 "stage": "evaluate",
+                "seed": seed,
                 "model_path": model_path,
                 "base_model": spec.model.name_or_path,
                 "reference_log": settings.reference_log,

@@ -10,8 +10,10 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -263,23 +265,29 @@ class UnlearningTrainer(Trainer):
         if isinstance(forget_nll, torch.Tensor):
             forget_nll = forget_nll.detach()
         if bound is not None and forget_nll is not None and float(forget_nll) > bound:
+            # The update being computed, numbered like the "step" of train_log.json rows (global_step counts
+            # completed updates); gradient accumulation calls record() several times per update.
+            step = self.state.global_step + 1
             if not self.runaway_steps:
                 logger.warning(
                     "step %d: forget NLL %.2f exceeds forget_nll_bound=%.1f; the forget loss is running away "
                     "(the model is likely collapsing: lower the learning rate or the number of steps)",
-                    self.state.global_step,
+                    step,
                     float(forget_nll),
                     bound,
                 )
-            self.runaway_steps.append(self.state.global_step)
+            if not self.runaway_steps or self.runaway_steps[-1] != step:
+                self.runaway_steps.append(step)
 
     def last_checkpoint(self) -> str | None:
         """The newest complete (resumable) checkpoint; one cut short while saving is not a good one."""
         return last_checkpoint(self.args.output_dir, checkpoint_files(self))
 
     def fail_non_finite(self, what: str) -> None:
+        step = self.state.global_step
         raise NonFiniteLossError(
-            f"step {self.state.global_step}: {what} is not finite. Last good checkpoint: "
+            f"step {step}: {what} is not finite (while computing update {step + 1}; "
+            f"{step} updates completed). Last good checkpoint: "
             f"{self.last_checkpoint() or 'none (set save_strategy to keep checkpoints)'}. "
             "Lower the learning rate, check the data, or resume from that checkpoint."
         )
@@ -294,6 +302,30 @@ class UnlearningTrainer(Trainer):
         super().log(logs, start_time)
 
     # --- outputs ------------------------------------------------------------------------------------
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Exports (`save_model(folder)` by users and methods) are written to a hidden `.<name>.partial` folder
+        that the main process renames into place once complete, so a crash mid-save leaves no folder that
+        looks finished. Checkpoints (`_internal_call`) keep the Trainer's in-place layout; resume skips an
+        incomplete one (llm_unlearn.runs.last_checkpoint). DeepSpeed may write from every rank: saved in place."""
+        if _internal_call or output_dir is None or self.is_deepspeed_enabled:
+            super().save_model(output_dir, _internal_call)
+            return
+        out = Path(output_dir)
+        staging = out.with_name(f".{out.name}.partial")
+        writer = self.args.should_save  # other ranks write nothing (they only join FSDP gathers)
+        if writer:
+            shutil.rmtree(staging, ignore_errors=True)
+        try:
+            super().save_model(str(staging), _internal_call)
+        except BaseException:
+            if writer:
+                shutil.rmtree(staging, ignore_errors=True)
+            raise
+        if writer:
+            if out.exists():
+                shutil.rmtree(out)
+            os.replace(staging, out)
 
     def export_unlearned(self, output_dir: str) -> dict:
         """Write the unlearned model (or adapter) to `output_dir`; methods that post-process override this."""

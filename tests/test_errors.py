@@ -1,0 +1,337 @@
+"""Bad input stops before training with a message that names the file/field and the fix.
+
+The cases are the rows of the "Bad input" table in docs/errors.md: each row's id selects a case below, and
+every `excerpt` in its message column must appear in what the case raises (or warns). A row without a case,
+or a case without a row, fails `test_docs_table_and_cases_are_in_sync`, so the table cannot drift.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent / "scripts"))
+from reliability_setup import (  # noqa: E402
+    fake_tofu_data,
+    run_config,
+    save_tiny_model,
+    write_fake_tofu,
+    write_jsonl,
+    write_yaml,
+)
+
+from llm_unlearn import cli, pipeline  # noqa: E402
+from llm_unlearn.config import ConfigError, accelerate_config_path  # noqa: E402
+from llm_unlearn.data.io import DataError  # noqa: E402
+from llm_unlearn.models import AdapterMismatchError  # noqa: E402
+from llm_unlearn.runs import RunExistsError  # noqa: E402
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
+
+
+def doc_rows(section: str = "## Bad input") -> dict[str, list[str]]:
+    """{case id: message excerpts} from the rows of the table under `section` in docs/errors.md."""
+    rows: dict[str, list[str]] = {}
+    inside = False
+    for line in DOC.read_text(encoding="utf-8").splitlines():
+        if line.startswith("## "):
+            inside = line.strip() == section
+            continue
+        if inside and line.startswith("| `"):
+            cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+            rows[cells[0].strip("`")] = re.findall(r"`([^`]+)`", cells[-1])
+    return rows
+
+
+DOC_ROWS = doc_rows()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return save_tiny_model(tmp_path_factory.mktemp("tiny_model"))
+
+
+@dataclass
+class Ctx:
+    tmp: Path
+    model_dir: Path
+    caplog: pytest.LogCaptureFixture
+
+    @property
+    def run(self) -> Path:
+        return self.tmp / "run"
+
+    def config(self, method: str | None = "mox", **training) -> dict:
+        return run_config(self.model_dir, self.run, method, **training)
+
+    def tofu_config(self, folder: Path) -> dict:
+        config = self.config()
+        config["data"] = fake_tofu_data(folder)
+        return config
+
+    def tofu(self, overlap: int = 0) -> Path:
+        return write_fake_tofu(self.tmp / "tofu", overlap)
+
+
+@pytest.fixture()
+def ctx(tmp_path, model_dir, caplog) -> Ctx:
+    return Ctx(tmp_path, model_dir, caplog)
+
+
+def unlearn(config: dict, **options) -> Path:
+    return pipeline.run_unlearn(pipeline.parse_config(config), pipeline.RunOptions(**options))
+
+
+def evaluate(config: dict) -> Path:
+    return pipeline.run_evaluate(pipeline.parse_config(config), pipeline.RunOptions())
+
+
+def fails_before_training(ctx: Ctx, error: type[BaseException], action: Callable[[], object]) -> str:
+    """Run `action`, expect `error`, and check that nothing was trained or written: the run folder is absent or
+    empty (no checkpoint, no export, no run_info.json)."""
+    with pytest.raises(error) as info:
+        action()
+    assert not ctx.run.exists() or not any(ctx.run.iterdir()), sorted(p.name for p in ctx.run.iterdir())
+    return str(info.value)
+
+
+CASES: dict[str, Callable[[Ctx], str]] = {}
+
+
+def case(name: str):
+    def register(fn):
+        CASES[name] = fn
+        return fn
+
+    return register
+
+
+# --- data files (a TOFU-shaped folder of invented rows, one file corrupted per case) -----------------------
+
+
+def _replace_line(path: Path, number: int, text: str) -> None:
+    lines = path.read_text().splitlines()
+    lines[number - 1] = text
+    path.write_text("\n".join(lines) + "\n")
+
+
+@case("malformed-jsonl")
+def _(ctx: Ctx) -> str:
+    folder = ctx.tofu()
+    _replace_line(folder / "forget01.json", 3, '{"question": "Who?", "answer": "A"')  # no closing brace
+    return fails_before_training(ctx, DataError, lambda: unlearn(ctx.tofu_config(folder)))
+
+
+@case("malformed-json-list")
+def _(ctx: Ctx) -> str:
+    folder = ctx.tofu()
+    rows = [json.loads(line) for line in (folder / "retain99.json").read_text().splitlines()]
+    text = "[\n" + ",\n".join(json.dumps(row) for row in rows) + "\n]\n"
+    lines = text.splitlines()
+    lines[3] = lines[3].replace('"answer":', '"answer"')  # line 4: a missing colon
+    (folder / "retain99.json").write_text("\n".join(lines) + "\n")
+    return fails_before_training(ctx, DataError, lambda: unlearn(ctx.tofu_config(folder)))
+
+
+@case("missing-key")
+def _(ctx: Ctx) -> str:
+    folder = ctx.tofu()
+    rows = [json.loads(line) for line in (folder / "forget01.json").read_text().splitlines()]
+    del rows[1]["answer"]
+    write_jsonl(folder / "forget01.json", rows)
+    return fails_before_training(ctx, DataError, lambda: unlearn(ctx.tofu_config(folder)))
+
+
+@case("empty-forget-file")
+def _(ctx: Ctx) -> str:
+    folder = ctx.tofu()
+    (folder / "forget01.json").write_text("\n")
+    return fails_before_training(ctx, DataError, lambda: unlearn(ctx.tofu_config(folder)))
+
+
+@case("empty-retain-split")
+def _(ctx: Ctx) -> str:
+    folder = ctx.tofu()
+    (folder / "retain99.json").write_text("[]\n")
+    return fails_before_training(ctx, DataError, lambda: unlearn(ctx.tofu_config(folder)))
+
+
+@case("no-forget-authors")
+def _(ctx: Ctx) -> str:
+    config = ctx.config()
+    config["data"]["forget_authors"] = 0
+    return fails_before_training(ctx, ConfigError, lambda: unlearn(config))
+
+
+@case("empty-paired-set")
+def _(ctx: Ctx) -> str:
+    from llm_unlearn.data.collate import PairedDataset
+
+    return fails_before_training(ctx, ValueError, lambda: PairedDataset(forget=[], retain=None))
+
+
+@case("forget-retain-overlap")
+def _(ctx: Ctx) -> str:
+    """Only a warning (TOFU's own files do not overlap; a custom split might): loading goes on."""
+    from llm_unlearn.data import DataConfig, load_qa_splits
+
+    folder = ctx.tofu(overlap=2)
+    with ctx.caplog.at_level(logging.WARNING, logger="llm_unlearn.data.io"):
+        splits = load_qa_splits(DataConfig(**fake_tofu_data(folder)))
+    assert len(splits.forget) == 40
+    warnings = [r.getMessage() for r in ctx.caplog.records if r.name == "llm_unlearn.data.io"]
+    assert len(warnings) == 1
+    return warnings[0]
+
+
+@case("perturbed-out-of-order")
+def _(ctx: Ctx) -> str:
+    folder = ctx.tofu()
+    path = folder / "forget01_perturbed.json"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows[0], rows[1] = rows[1], rows[0]
+    write_jsonl(path, rows)
+    return fails_before_training(ctx, DataError, lambda: unlearn(ctx.tofu_config(folder)))
+
+
+# --- config --------------------------------------------------------------------------------------------------
+
+
+@case("unknown-method")
+def _(ctx: Ctx) -> str:
+    return fails_before_training(ctx, ConfigError, lambda: unlearn(ctx.config(method="gradient_ascent")))
+
+
+@case("unknown-metric")
+def _(ctx: Ctx) -> str:
+    config = ctx.config()
+    config["evaluation"]["options"]["metrics"] = ["prob", "bleu"]
+    return fails_before_training(ctx, ConfigError, lambda: pipeline.parse_config(config))
+
+
+@case("unknown-eval-set")
+def _(ctx: Ctx) -> str:
+    config = ctx.config()
+    config["evaluation"]["options"]["sets"] = ["forgett"]
+    return fails_before_training(ctx, ConfigError, lambda: pipeline.parse_config(config))
+
+
+@case("alpha-not-positive")
+def _(ctx: Ctx) -> str:
+    return fails_before_training(ctx, ConfigError, lambda: unlearn(ctx.config(alpha=0)))
+
+
+@case("unknown-accelerate-config")
+def _(ctx: Ctx) -> str:
+    assert accelerate_config_path("cpu_2proc").name == "cpu_2proc.yaml"  # a valid name resolves
+    return fails_before_training(ctx, ConfigError, lambda: accelerate_config_path("zero9"))
+
+
+@case("unknown-section")
+def _(ctx: Ctx) -> str:
+    config = ctx.config()
+    config["trainig"] = config.pop("training")
+    with pytest.raises(ConfigError, match=r"unknown section\(s\) \['trainig'\]"):
+        pipeline.parse_config(config)  # a dict config (Python API) is checked like a YAML file
+    path = write_yaml(ctx.tmp / "typo.yaml", config)
+    return fails_before_training(ctx, ConfigError, lambda: cli.main(["--verbose", "unlearn", str(path)]))
+
+
+@case("unknown-field")
+def _(ctx: Ctx) -> str:
+    return fails_before_training(ctx, ConfigError, lambda: unlearn(ctx.config(learning_rat=1e-3)))
+
+
+@case("missing-output-dir")
+def _(ctx: Ctx) -> str:
+    config = ctx.config()
+    del config["training"]["output_dir"]
+    return fails_before_training(ctx, ConfigError, lambda: unlearn(config))
+
+
+@case("bad-override")
+def _(ctx: Ctx) -> str:
+    path = write_yaml(ctx.tmp / "run.yaml", ctx.config())
+    return fails_before_training(
+        ctx, ConfigError, lambda: cli.main(["--verbose", "unlearn", str(path), "training.max_steps"])
+    )
+
+
+# --- models and logs -----------------------------------------------------------------------------------------
+
+
+@case("adapter-base-mismatch")
+def _(ctx: Ctx) -> str:
+    from llm_unlearn.models import load_model, wrap_lora
+
+    wrap_lora(load_model(str(ctx.model_dir))).save_pretrained(ctx.tmp / "adapter")  # records its base folder
+    other = shutil.copytree(ctx.model_dir, ctx.tmp / "other_base")
+    config = ctx.config()
+    config["model"].update(name_or_path=str(other), adapter=str(ctx.tmp / "adapter"))
+    return fails_before_training(ctx, AdapterMismatchError, lambda: unlearn(config))
+
+
+@case("reference-log-other-split")
+def _(ctx: Ctx) -> str:
+    reference = {"forget": {"question_hash": {"0": "0" * 16, "7": "1" * 16}}}
+    (ctx.tmp / "retain_eval").mkdir()
+    (ctx.tmp / "retain_eval" / "per_sample.json").write_text(json.dumps(reference))
+    config = ctx.config(method=None)
+    config["evaluation"].update(
+        model_path=str(ctx.model_dir), output_dir=str(ctx.run), reference_log=str(ctx.tmp / "retain_eval")
+    )
+    return fails_before_training(ctx, ValueError, lambda: evaluate(config))
+
+
+# --- run folders ---------------------------------------------------------------------------------------------
+
+
+@case("existing-run-folder")
+def _(ctx: Ctx) -> str:
+    ctx.run.mkdir()
+    (ctx.run / "notes.txt").write_text("an earlier run")
+    path = write_yaml(ctx.tmp / "run.yaml", ctx.config())
+    with pytest.raises(RunExistsError) as info:
+        cli.main(["--verbose", "unlearn", str(path)])
+    assert sorted(p.name for p in ctx.run.iterdir()) == ["notes.txt"]  # untouched
+    return str(info.value)
+
+
+@case("resume-without-checkpoint")
+def _(ctx: Ctx) -> str:
+    (ctx.run / "checkpoint-2").mkdir(parents=True)
+    (ctx.run / "checkpoint-2" / "trainer_state.json").write_text("{}")  # cut short before MOX saved momentum.pt
+    path = write_yaml(ctx.tmp / "run.yaml", ctx.config(momentum=True))
+    with pytest.raises(FileNotFoundError) as info:
+        cli.main(["--verbose", "unlearn", str(path), "--resume"])
+    assert not (ctx.run / "run_info.json").exists()
+    return str(info.value)
+
+
+def test_docs_table_and_cases_are_in_sync():
+    assert DOC_ROWS, f"no rows found under '## Bad input' in {DOC}"
+    assert sorted(DOC_ROWS) == sorted(CASES)
+    assert all(DOC_ROWS.values()), "every row needs at least one `excerpt` in its message column"
+
+
+@pytest.mark.parametrize("name", sorted(DOC_ROWS))
+def test_bad_input_message_matches_docs(name, ctx):
+    message = CASES[name](ctx)
+    for excerpt in DOC_ROWS[name]:
+        assert excerpt in message, f"{name}: {excerpt!r} not in {message!r}"
+
+
+def test_cli_prints_one_line_and_exits_2_on_bad_input(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text("trainig: {}\n")
+    assert cli.main(["unlearn", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("[llm-unlearn] error:") and "unknown section" in err and "Traceback" not in err
