@@ -66,13 +66,18 @@ class RunOptions:
 class EvalSettings:
     """suite: 'tofu'. model_path: folder of the model or adapter to evaluate (default: the run's unlearned/).
     output_dir: where results go (default: <model_path>/eval). reference_log: the retain model's
-    per_sample.json (or its folder) for forget quality and privleak. options: the suite's option fields."""
+    per_sample.json (or its folder) for forget quality and privleak. options: the suite's option fields.
+    every_n_steps: during unlearning, also run the suite every N optimizer steps (0 = never); results go to
+    the trainer's log and <output_dir>/eval_steps/eval_steps.jsonl. during_training_sets: the sets evaluated
+    then (a subset keeps it cheap, e.g. [forget, retain])."""
 
     suite: str = "tofu"
     model_path: str | None = None
     output_dir: str | None = None
     reference_log: str | None = None
     options: dict = field(default_factory=dict)
+    every_n_steps: int = 0
+    during_training_sets: list[str] | None = None
 
 
 @dataclass
@@ -349,13 +354,20 @@ def run_unlearn(spec: RunSpec, options: RunOptions) -> Path:
         processing_class=tokenizer,
         ref_model=ref_model,
     )
+    if spec.evaluation.every_n_steps > 0:
+        trainer.add_callback(_evaluation_callback(spec, data, tokenizer, run_dir, trainer))
     trainer.train(resume_from_checkpoint=_resume_from(run_dir, options, trainer))
-    exports = {"unlearned": trainer.export_unlearned(str(run_dir / "unlearned"))}
-    if hasattr(args, "all_alphas"):
-        for alpha in args.all_alphas()[1:]:
-            exports[f"alpha_{alpha:g}"] = trainer.export_unlearned(str(run_dir / f"alpha_{alpha:g}"), alpha=alpha)
-    if spec.method == "mox" and trainer.accelerator.is_main_process:
+    if spec.method == "mox" and trainer.shards_parameters():
+        # FSDP / ZeRO-3: save the gathered memorization model, then extrapolate whole copies on rank 0.
         trainer.save_memorization(str(run_dir / "memorization"))
+        trainer.accelerator.wait_for_everyone()
+        exports = {}
+        if trainer.accelerator.is_main_process:
+            exports = extrapolate_saved(
+                spec.model, str(run_dir / "memorization"), args.all_alphas(), run_dir, tokenizer
+            )
+    else:
+        exports = _export(trainer, args, run_dir)
     if trainer.accelerator.is_main_process:
         atomic_write_json(run_dir / "train_log.json", trainer.state.log_history)
         info = {
@@ -385,6 +397,38 @@ def run_unlearn(spec: RunSpec, options: RunOptions) -> Path:
     return run_dir / "unlearned"
 
 
+def _export(trainer, args, run_dir: Path) -> dict:
+    """unlearned/ (and alpha_<a>/ for each extra α of MOX or task vectors); MOX also keeps memorization/."""
+    exports = {"unlearned": trainer.export_unlearned(str(run_dir / "unlearned"))}
+    if hasattr(args, "all_alphas"):
+        for alpha in args.all_alphas()[1:]:
+            exports[f"alpha_{alpha:g}"] = trainer.export_unlearned(str(run_dir / f"alpha_{alpha:g}"), alpha=alpha)
+    if hasattr(trainer, "save_memorization") and trainer.accelerator.is_main_process:
+        trainer.save_memorization(str(run_dir / "memorization"))
+    return exports
+
+
+def _evaluation_callback(spec: RunSpec, data: TrainingData, tokenizer, run_dir: Path, trainer):
+    from .evaluation.callback import EvaluationCallback
+
+    suite, eval_data = data.eval_data()
+    settings = spec.evaluation
+    options = build_dataclass(eval_options_class(suite), settings.options, "evaluation.options")
+    sets = tuple(settings.during_training_sets) if settings.during_training_sets else None
+    return EvaluationCallback(
+        tokenizer,
+        suite,
+        eval_data,
+        run_dir / "eval_steps",
+        settings.every_n_steps,
+        options=options,
+        fmt=spec.fmt,
+        reference_log=settings.reference_log,
+        sets=sets,
+        trainer=trainer,
+    )
+
+
 def load_for_eval(model_cfg: ModelConfig, model_path: str):
     """A model folder, or an adapter folder applied onto model.name_or_path (checked to match)."""
     if is_adapter_dir(model_path):
@@ -409,6 +453,32 @@ def eval_sets(splits: QASplits) -> dict[str, list[dict]]:
     return sets
 
 
+def extrapolate_saved(model_cfg: ModelConfig, memorization: str, alphas: list[float], run_dir: Path, tokenizer) -> dict:
+    """Extrapolate a saved memorization adapter (or full model) for every α: <run_dir>/unlearned is the first α,
+    <run_dir>/alpha_<a> the others. Loads whole copies on this process (the gathered path under FSDP/ZeRO-3)."""
+    from . import extrapolate as xp
+
+    exports = {}
+    if is_adapter_dir(memorization):
+        mem = load_with_adapter(
+            model_cfg.name_or_path, memorization, dtype=model_cfg.dtype, quantization=model_cfg.quantization
+        )
+        ref = None
+    else:
+        ref = load_model(model_cfg.name_or_path, dtype=model_cfg.dtype)
+        mem = load_model(memorization, dtype=model_cfg.dtype)
+    for i, alpha in enumerate(alphas):
+        out = run_dir / ("unlearned" if i == 0 else f"alpha_{alpha:g}")
+        if ref is None:
+            xp.save_extrapolated_adapter(mem, alpha, out)
+            tokenizer.save_pretrained(out)
+            exports[out.name] = {"alpha": alpha, "kind": "adapter"}
+        else:
+            xp.save_extrapolated_model(ref, mem, alpha, out, tokenizer)
+            exports[out.name] = {"alpha": alpha, "kind": "model"}
+    return exports
+
+
 def run_extrapolate(spec: RunSpec, options: RunOptions) -> Path:
     """MOX. Without `extrapolate.memorization`: memorize, then extrapolate (the unlearn stage with method mox).
     With it: only extrapolate that saved memorization adapter/model for every α (cheap; no training)."""
@@ -417,29 +487,11 @@ def run_extrapolate(spec: RunSpec, options: RunOptions) -> Path:
     spec.method = "mox"
     if not spec.extrapolate.memorization:
         return run_unlearn(spec, options)
-    from . import extrapolate as xp
-
     args = training_args(spec, "unlearn")
     memorization = spec.extrapolate.memorization
     run_dir = prepare_run_dir(args.output_dir, options.overwrite, options.resume)
     tokenizer = load_tokenizer(spec.model.name_or_path)
-    exports = {}
-    if is_adapter_dir(memorization):
-        mem = load_with_adapter(
-            spec.model.name_or_path, memorization, dtype=spec.model.dtype, quantization=spec.model.quantization
-        )
-        for i, alpha in enumerate(args.all_alphas()):
-            out = run_dir / ("unlearned" if i == 0 else f"alpha_{alpha:g}")
-            xp.save_extrapolated_adapter(mem, alpha, out)
-            tokenizer.save_pretrained(out)
-            exports[out.name] = {"alpha": alpha, "kind": "adapter"}
-    else:
-        ref = load_model(spec.model.name_or_path, dtype=spec.model.dtype)
-        mem = load_model(memorization, dtype=spec.model.dtype)
-        for i, alpha in enumerate(args.all_alphas()):
-            out = run_dir / ("unlearned" if i == 0 else f"alpha_{alpha:g}")
-            xp.save_extrapolated_model(ref, mem, alpha, out, tokenizer)
-            exports[out.name] = {"alpha": alpha, "kind": "model"}
+    exports = extrapolate_saved(spec.model, memorization, args.all_alphas(), run_dir, tokenizer)
     write_run_info(
         run_dir,
         {

@@ -202,3 +202,23 @@ def test_readme_commands_name_real_files_and_valid_commands():
     assert len(cli_calls) >= 7
     for argv in cli_calls:
         build_parser().parse_args(argv)  # exits (SystemExit) on an invalid command line
+
+
+def test_unlearn_with_evaluation_every_step(target_dir, tmp_path):
+    overrides = [
+        f"model.name_or_path={target_dir}",
+        f"training.output_dir={tmp_path / 'run'}",
+        "evaluation.reference_log=null",
+        "evaluation.every_n_steps=1",
+        "evaluation.during_training_sets=[forget, retain]",
+        *SMALL_DATA,
+        *FAST,
+        *SMALL_EVAL,
+    ]
+    run_unlearn(load_spec(str(REPO / "recipes/synthetic/grad_diff_lora.yaml"), overrides), RunOptions())
+    rows = [
+        json.loads(line) for line in (tmp_path / "run" / "eval_steps" / "eval_steps.jsonl").read_text().splitlines()
+    ]
+    assert [row["step"] for row in rows] == [1, 2]
+    log = json.loads((tmp_path / "run" / "train_log.json").read_text())
+    assert any(key.startswith("unlearn_eval/forget") for row in log for key in row)

@@ -301,6 +301,14 @@ class UnlearningTrainer(Trainer):
             self._terms.clear()
         super().log(logs, start_time)
 
+    def shards_parameters(self) -> bool:
+        """FSDP or DeepSpeed ZeRO-3: no rank holds whole weights (per-loss gradients, buffers and exports
+        of whole tensors need a gather)."""
+        if self.is_fsdp_enabled:
+            return True
+        plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
+        return bool(self.is_deepspeed_enabled and plugin is not None and plugin.zero_stage == 3)
+
     # --- outputs ------------------------------------------------------------------------------------
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:

@@ -83,6 +83,13 @@ class MOXTrainer(UnlearningTrainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.momentum: MomentumCallback | None = None
+        if self.args.momentum and self.shards_parameters():
+            raise ValueError(
+                "MOX momentum keeps an fp32 EMA of whole weights every refresh, which FSDP / DeepSpeed ZeRO-3 "
+                "shard across processes: run it with DDP or ZeRO-2 (recipes/accelerate_configs/ddp.yaml, "
+                "deepspeed_zero2.yaml), or with LoRA, or turn momentum off (plain MOX extrapolates the gathered "
+                "memorization model after training under FSDP/ZeRO-3)."
+            )
         if self.args.momentum:
             self.momentum = MomentumCallback(self, self.args.momentum_eta, self.args.refresh_steps)
             self.add_callback(self.momentum)
