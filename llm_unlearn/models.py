@@ -8,18 +8,17 @@ Any other name is passed to `from_pretrained` unchanged (a local folder, or a Hu
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import logging
 import os
-import shutil
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from .utils import atomic_dir, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -43,14 +42,6 @@ def cache_root() -> Path:
         return Path(os.environ["LLM_UNLEARN_CACHE"]).expanduser()
     base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
     return base / "llm_unlearn"
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def smollm2_gguf_path() -> Path:
@@ -88,12 +79,10 @@ def ensure_smollm2() -> Path:
         )
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
-    try:
+    def convert(staging: Path) -> None:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        # The weights are plain float32 now; a leftover gguf quantization_config would make loaders expect GGUF.
+        # The weights are plain float32 now; a leftover gguf quantizer would make loaders expect GGUF.
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         model.hf_quantizer = None
@@ -107,12 +96,8 @@ def ensure_smollm2() -> Path:
             "note": "Weights are Q4_1 4-bit values dequantized to float32 by transformers; not the original bf16 release.",
         }
         (staging / "conversion.json").write_text(json.dumps(meta, indent=2))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+
+    atomic_dir(target, convert)
     return target
 
 

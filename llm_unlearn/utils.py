@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import json
 import os
@@ -31,6 +32,14 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         raise
 
 
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def atomic_write_json(path: str | os.PathLike, payload) -> None:
     atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
 
@@ -40,6 +49,7 @@ def atomic_dir(out_dir: str | os.PathLike, write) -> Path:
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    os.chmod(staging, 0o755)  # mkdtemp makes it private; outputs are ordinary folders
     try:
         write(staging)
         if out.exists():

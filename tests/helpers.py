@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
 from llm_unlearn.data.collate import PairedDataset, PromptFormat, QADataset, refusal_records
 from llm_unlearn.methods import get_method
 
@@ -52,3 +59,39 @@ def make_trainer(method: str, model, tokenizer, output_dir, ref_model=None, data
         processing_class=tokenizer,
         ref_model=ref_model,
     )
+
+
+REPO = Path(__file__).resolve().parents[1]
+CPU_2PROC = REPO / "recipes" / "accelerate_configs" / "cpu_2proc.yaml"
+
+
+def free_port() -> int:
+    """A free local port for accelerate's rendezvous (another test run may hold the default one)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch_2proc(script_and_args: list[str]) -> list[str]:
+    """`accelerate launch` of a script on 2 CPU gloo processes."""
+    import sys
+
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CPU_2PROC)]
+    return [*launcher, "--main_process_port", str(free_port()), *script_and_args]
+
+
+def run_until_done(command: list[str], done: Path, timeout: int = 300) -> None:
+    """Run a (multi-process) command until `done` exists. One retry: gloo occasionally aborts a process at
+    start-up or exit after the work is done (DESIGN.md §9)."""
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONPATH": str(REPO),
+    }
+    for _ in range(2):
+        proc = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+        if done.exists():
+            return
+    pytest.fail(f"{' '.join(command)} failed (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")

@@ -137,7 +137,7 @@ def test_data_config_from_dict_rejects_unknown_keys():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"dataset": "muse"}, "data.dataset must be one of synthetic, tofu"),
+        ({"dataset": "wikitext"}, "data.dataset must be one of synthetic, tofu, muse, synthetic_news"),
         ({"dataset": "tofu", "forget_split": "forget02"}, "forget01, forget05, forget10"),
         ({"holdout_split": "holdout02"}, "holdout01, holdout05, holdout10"),
         ({"retain_authors": 0}, "data.retain_authors must be null"),

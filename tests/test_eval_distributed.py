@@ -3,14 +3,11 @@
 import importlib.util
 import json
 import math
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import launch_2proc, run_until_done
 from transformers import AutoModelForCausalLM
 
 from llm_unlearn.models import tiny_llama
@@ -19,29 +16,6 @@ pytestmark = pytest.mark.distributed
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "tests" / "scripts" / "eval_distributed.py"
-CONFIG = REPO / "recipes" / "accelerate_configs" / "cpu_2proc.yaml"
-
-
-def _free_port() -> int:
-    # Another test run on the same machine may hold accelerate's default port.
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _run(command: list[str], out: Path) -> None:
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "HF_HUB_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "PYTHONPATH": str(REPO),
-    }
-    for _attempt in range(2):  # one retry: gloo occasionally aborts a process at start-up or exit
-        proc = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=180)
-        if proc.returncode == 0 and (out / "done").is_file():
-            return
-    pytest.fail(f"{' '.join(command)} failed (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
 
 
 def _assert_same(one, two, where: str) -> None:
@@ -72,17 +46,10 @@ def test_one_and_two_processes_give_the_same_values(tokenizer, tmp_path):
     spec = importlib.util.spec_from_file_location("eval_distributed", SCRIPT)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        script.evaluate_all(AutoModelForCausalLM.from_pretrained(tmp_path / "model"), tokenizer, one)
-    finally:
-        torch.set_num_threads(threads)
+    script.evaluate_all(AutoModelForCausalLM.from_pretrained(tmp_path / "model"), tokenizer, one)
     # Two processes through accelerate.
     args = ["--model", str(tmp_path / "model")]
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIG)]
-    launch += ["--main_process_port", str(_free_port())]
-    _run([*launch, str(SCRIPT), *args, "--out", str(two), "--world-size", "2"], two)
+    run_until_done(launch_2proc([str(SCRIPT), *args, "--out", str(two), "--world-size", "2"]), two / "done")
 
     for suite in ("tofu", "muse"):
         per_one = json.loads((one / suite / "per_sample.json").read_text())

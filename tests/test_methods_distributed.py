@@ -6,51 +6,29 @@ For `ungrad` and `pcgrad` this only holds when the per-loss gradients are averag
 gradient averaged by hand) are checked the same way.
 """
 
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import launch_2proc, run_until_done
 
 pytestmark = pytest.mark.distributed
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "tests" / "scripts" / "method_step.py"
-CONFIG = REPO / "recipes" / "accelerate_configs" / "cpu_2proc.yaml"
 METHODS = ("ungrad", "pcgrad", "eupmu", "sfron", "ga", "grad_diff", "npo", "simnpo", "idk", "mox", "task_vector")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _run(command: list[str], out: Path) -> None:
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "HF_HUB_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "PYTHONPATH": str(REPO),
-    }
-    for _ in range(2):  # one retry: gloo occasionally aborts a process at start-up or exit (DESIGN.md §9)
-        proc = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=180)
-        if proc.returncode == 0 and (out / "done").is_file():
-            return
-    pytest.fail(f"{' '.join(command)} failed (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
 
 
 def test_two_processes_match_one_process_with_double_batch(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     common = [str(SCRIPT), "--methods", *METHODS]
-    _run([sys.executable, *common, "--per-device-batch", "4", "--world-size", "1", "--out", str(one)], one)
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIG)]
-    launch += ["--main_process_port", str(_free_port())]
-    _run([*launch, *common, "--per-device-batch", "2", "--world-size", "2", "--out", str(two)], two)
+    run_until_done(
+        [sys.executable, *common, "--per-device-batch", "4", "--world-size", "1", "--out", str(one)], one / "done"
+    )
+    run_until_done(
+        launch_2proc([*common, "--per-device-batch", "2", "--world-size", "2", "--out", str(two)]), two / "done"
+    )
 
     for method in METHODS:
         single = torch.load(one / f"{method}.pt", weights_only=True)

@@ -2,38 +2,20 @@
 recipes/synthetic/mox_lora.yaml` (CI-sized) produces the same extrapolated adapter as one process."""
 
 import json
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import launch_2proc, run_until_done
 from safetensors.torch import load_file
 
 pytestmark = pytest.mark.distributed
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG = REPO / "recipes" / "accelerate_configs" / "cpu_2proc.yaml"
 RECIPE = REPO / "recipes" / "synthetic" / "mox_lora.yaml"
 # Two forget rows = one global batch, so 1 process with batch 2 and 2 processes with batch 1 see the same rows.
 DATA = ["data.n_authors=4", "data.qa_per_author=2", "data.forget_authors=1", "data.holdout_authors=1"]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _run(command: list[str], out: Path) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    for _ in range(2):  # one retry: gloo occasionally aborts a finished process at exit (DESIGN.md §9)
-        proc = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
-        if (out / "unlearned" / "adapter_model.safetensors").is_file():
-            return
-    pytest.fail(f"{' '.join(command)} failed (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
 
 
 def test_two_process_extrapolation_matches_one_process(tmp_path, tokenizer):
@@ -44,33 +26,13 @@ def test_two_process_extrapolation_matches_one_process(tmp_path, tokenizer):
     tokenizer.save_pretrained(tiny)
     common = [f"model.name_or_path={tiny}", *DATA, "training.max_steps=2", "training.disable_tqdm=true"]
     one, two = tmp_path / "one", tmp_path / "two"
-    _run(
-        [
-            sys.executable,
-            str(REPO / "recipes" / "extrapolate.py"),
-            str(RECIPE),
-            *common,
-            f"training.output_dir={one}",
-            "training.per_device_train_batch_size=2",
-        ],
-        one,
+    script = [str(REPO / "recipes" / "extrapolate.py"), str(RECIPE), *common]
+    done = "unlearned/adapter_model.safetensors"
+    run_until_done(
+        [sys.executable, *script, f"training.output_dir={one}", "training.per_device_train_batch_size=2"], one / done
     )
-    _run(
-        [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--config_file",
-            str(CONFIG),
-            "--main_process_port",
-            str(_free_port()),
-            str(REPO / "recipes" / "extrapolate.py"),
-            str(RECIPE),
-            *common,
-            f"training.output_dir={two}",
-            "training.per_device_train_batch_size=1",
-        ],
-        two,
+    run_until_done(
+        launch_2proc([*script, f"training.output_dir={two}", "training.per_device_train_batch_size=1"]), two / done
     )
     assert json.loads((two / "run_info.json").read_text())["world_size"] == 2
     assert json.loads((one / "run_info.json").read_text())["world_size"] == 1

@@ -8,7 +8,6 @@ Accepted layouts (all loadable with `datasets.load_dataset("json", data_files=..
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -20,14 +19,6 @@ logger = logging.getLogger(__name__)
 
 class DataError(ValueError):
     """A data file or split is not what the toolkit expects; the message names the file, row and fix."""
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _line_of(text: str, pos: int) -> int:

@@ -20,12 +20,12 @@ from llm_unlearn.data import DataConfig, QASplits
 from llm_unlearn.data.io import (
     DataError,
     check_aligned,
-    file_sha256,
     read_records,
     validate_records,
     warn_overlap,
     with_index,
 )
+from llm_unlearn.utils import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def _read_split(source: str, split: str) -> tuple[list[dict], dict]:
                 else ""
             )
             raise DataError(f"{path}: TOFU split {split!r} not found in {folder}.{hint}")
-        digest = file_sha256(path)
+        digest = sha256_file(path)
         reference = TOFU_SHA256.get(path.name)
         info = {
             "path": str(path),
