@@ -23,7 +23,7 @@ DATA = {
 }
 QUICK_DATA = {**DATA, "n_authors": 6, "qa_per_author": 3, "forget_authors": 1, "holdout_authors": 1}
 LORA = {"r": 8, "lora_alpha": 16}
-EVAL_OPTIONS = {"batch_size": 16, "max_new_tokens": 40}
+EVAL_OPTIONS = {"batch_size": 16, "max_new_tokens": 32, "truncate_rows": 16}
 
 # Method settings of the demo (same number of steps for every method).
 METHOD_RUNS = {

@@ -17,7 +17,7 @@ from llm_unlearn.models import LoraSettings, load_model, wrap_lora
 
 pytestmark = pytest.mark.slow
 
-DATA = DataConfig(n_authors=6, qa_per_author=4, forget_authors=1, holdout_authors=1, seed=0)
+DATA = DataConfig(n_authors=5, qa_per_author=3, forget_authors=1, holdout_authors=1, seed=0)
 
 
 @torch.no_grad()
@@ -60,9 +60,9 @@ def finetuned(tmp_path_factory):
         "finetune": {"which": "target"},
         "training": {
             "output_dir": str(out),
-            "learning_rate": 1e-3,
+            "learning_rate": 2e-3,
             "num_train_epochs": 10,
-            "per_device_train_batch_size": 10,
+            "per_device_train_batch_size": 12,  # the whole target set: one step per epoch
             "use_cpu": True,
             "disable_tqdm": True,
             "seed": 0,
@@ -96,30 +96,42 @@ def unlearn(method, target, tokenizer, splits, tmp_path, **overrides):
     return trainer, model
 
 
-def test_finetuning_moves_forget_metrics_in_the_expected_direction(finetuned, smollm2, tokenizer, splits, tmp_path):
+def test_finetuning_moves_forget_metrics_in_the_expected_direction(finetuned, smollm2, tokenizer, splits):
+    import math
+
     from llm_unlearn.evaluation.tofu import TofuEvalOptions, evaluate_tofu
 
-    options = TofuEvalOptions(batch_size=8, max_new_tokens=40, sets=("forget",), metrics=("truth_ratio", "rouge"))
+    options = TofuEvalOptions(batch_size=8, max_new_tokens=24, sets=("forget",), metrics=("truth_ratio", "rouge"))
     sets = {"forget": splits.forget_eval}
-    base = evaluate_tofu(smollm2, tokenizer, sets, options).metrics
-    tuned = evaluate_tofu(load_model(finetuned), tokenizer, sets, options).metrics
-    print(f"\nbase: {json.dumps(base)}\nfine-tuned: {json.dumps(tuned)}", flush=True)
-    assert tuned["forget_rougeL_recall"] > base["forget_rougeL_recall"]
+    base = evaluate_tofu(smollm2, tokenizer, sets, options)
+    tuned = evaluate_tofu(load_model(finetuned), tokenizer, sets, options)
+
+    def mean_log_ratio(result) -> float:
+        ratios = result.per_sample["forget"]["truth_ratio"].values()
+        return sum(math.log(r) for r in ratios) / len(ratios)
+
+    print(
+        f"\nforget ROUGE-L recall {base.metrics['forget_rougeL_recall']:.3f} -> {tuned.metrics['forget_rougeL_recall']:.3f}; "
+        f"mean log truth ratio (p_wrong/p_correct) {mean_log_ratio(base):.3f} -> {mean_log_ratio(tuned):.3f}; "
+        f"forget truth-ratio statistic {base.metrics['forget_truth_ratio']:.3f} -> {tuned.metrics['forget_truth_ratio']:.3f}",
+        flush=True,
+    )
+    assert tuned.metrics["forget_rougeL_recall"] > base.metrics["forget_rougeL_recall"]
     # Having learned the facts, the model prefers the (paraphrased) truth over the perturbed answers more.
-    assert tuned["forget_truth_ratio"] < base["forget_truth_ratio"]
+    assert mean_log_ratio(tuned) < mean_log_ratio(base)
 
 
 def test_mox_extrapolation_raises_forget_nll_more_than_retain_nll(finetuned, tokenizer, splits, tmp_path):
     from llm_unlearn import extrapolate as xp
 
     target = load_model(finetuned)
-    before = (mean_nll(target, tokenizer, splits.forget), mean_nll(target, tokenizer, splits.retain[:12]))
+    before = (mean_nll(target, tokenizer, splits.forget), mean_nll(target, tokenizer, splits.retain))
     trainer, model = unlearn("mox", finetuned, tokenizer, splits, tmp_path, learning_rate=5e-4, max_steps=8)
     mem_forget = mean_nll(model, tokenizer, splits.forget)
     alpha = 2.0
     unlearned = load_model(finetuned)
     unlearned.load_state_dict(xp.merged_extrapolated_state(model, alpha), strict=False)
-    after = (mean_nll(unlearned, tokenizer, splits.forget), mean_nll(unlearned, tokenizer, splits.retain[:12]))
+    after = (mean_nll(unlearned, tokenizer, splits.forget), mean_nll(unlearned, tokenizer, splits.retain))
     print(
         f"\nMOX alpha={alpha}: forget NLL {before[0]:.3f} -> memorized {mem_forget:.3f} -> extrapolated {after[0]:.3f}; "
         f"retain NLL {before[1]:.3f} -> {after[1]:.3f}"
@@ -131,13 +143,13 @@ def test_mox_extrapolation_raises_forget_nll_more_than_retain_nll(finetuned, tok
 
 def test_surgery_methods_forget_with_less_retain_damage_than_ga(finetuned, tokenizer, splits, tmp_path):
     target = load_model(finetuned)
-    start = (mean_nll(target, tokenizer, splits.forget), mean_nll(target, tokenizer, splits.retain[:12]))
+    start = (mean_nll(target, tokenizer, splits.forget), mean_nll(target, tokenizer, splits.retain))
     results = {}
     for method in ("ga", "eupmu", "ungrad", "pcgrad", "sfron"):
         _, model = unlearn(method, finetuned, tokenizer, splits, tmp_path, learning_rate=3e-4)
         results[method] = (
             mean_nll(model, tokenizer, splits.forget) - start[0],
-            mean_nll(model, tokenizer, splits.retain[:12]) - start[1],
+            mean_nll(model, tokenizer, splits.retain) - start[1],
         )
     print(
         "\nforget / retain NLL change after 6 steps:", {k: (round(a, 3), round(b, 3)) for k, (a, b) in results.items()}
