@@ -75,7 +75,7 @@ def test_unknown_fields_are_refused(tmp_path):
         training_args(load_spec(str(path), ["training.learning_rat=1e-4"]), "unlearn")
     with pytest.raises(ConfigError, match="unknown section"):
         load_spec(str(path), ["trainig.learning_rate=1e-4"])
-    with pytest.raises(KeyError, match="unknown method"):
+    with pytest.raises(ConfigError, match="unknown method 'gradient_ascent'"):
         load_spec(str(path), ["method=gradient_ascent"])
 
 
