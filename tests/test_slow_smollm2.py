@@ -139,23 +139,3 @@ def test_mox_extrapolation_raises_forget_nll_more_than_retain_nll(finetuned, tok
     assert mem_forget < before[0]  # the memorization model fits the forget set better
     assert after[0] > before[0]  # extrapolation moves away from it
     assert after[0] - before[0] > 2 * abs(after[1] - before[1])  # ... much more than the retain set moves
-
-
-def test_surgery_methods_forget_with_less_retain_damage_than_ga(finetuned, tokenizer, splits, tmp_path):
-    target = load_model(finetuned)
-    start = (mean_nll(target, tokenizer, splits.forget), mean_nll(target, tokenizer, splits.retain))
-    results = {}
-    for method in ("ga", "eupmu", "ungrad", "pcgrad", "sfron"):
-        _, model = unlearn(method, finetuned, tokenizer, splits, tmp_path, learning_rate=3e-4)
-        results[method] = (
-            mean_nll(model, tokenizer, splits.forget) - start[0],
-            mean_nll(model, tokenizer, splits.retain) - start[1],
-        )
-    print(
-        "\nforget / retain NLL change after 6 steps:", {k: (round(a, 3), round(b, 3)) for k, (a, b) in results.items()}
-    )
-    ga_retain = results["ga"][1]
-    for method, (forget_change, retain_change) in results.items():
-        assert forget_change > 0, method  # forget likelihood goes down
-        if method != "ga":
-            assert retain_change < ga_retain, method
