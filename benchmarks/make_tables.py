@@ -1,0 +1,391 @@
+"""Regenerate the tables and the plot of benchmarks/README.md from the committed result JSON.
+
+    python benchmarks/make_tables.py [--results benchmarks/results] [--readme benchmarks/README.md] [--check]
+
+Everything between `<!-- tables:begin -->` and `<!-- tables:end -->` in the README is rewritten; the rest
+(how to rerun, the rule, the reading of the results) is left as it is. Per scale it writes
+`<results>/<scale>/forget_quality_vs_utility.png`. `--check` writes nothing and exits 1 when the README is
+out of date (for CI). Numbers are never typed by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BEGIN, END = "<!-- tables:begin -->", "<!-- tables:end -->"
+SCALE_ORDER = ("gpu", "cpu", "toy")
+
+# (metric key, column header) of the main table; arrows follow the evaluation report's convention.
+MAIN_METRICS = (
+    ("forget_quality", "forget quality ↑"),
+    ("model_utility", "model utility ↑"),
+    ("forget_rougeL_recall", "forget ROUGE-L ↓"),
+    ("retain_rougeL_recall", "retain ROUGE-L ↑"),
+    ("privleak", "privleak (→0)"),
+)
+VARIANT_LABELS = {"mox": "MOX", "mox_momentum": "MOX-momentum"}
+# Row order of the selected-runs table: MOX first, then the baselines roughly by family.
+ROW_ORDER = (
+    "mox",
+    "mox_momentum",
+    "ga",
+    "grad_diff",
+    "npo",
+    "simnpo",
+    "idk",
+    "task_vector",
+    "eupmu",
+    "ungrad",
+    "pcgrad",
+    "sfron",
+)
+WEIGHTS_ORDER = ("lora", "full")
+
+
+def load_results(results: Path) -> dict:
+    """{scale: {"runs": {seed: {run: json}}, "selection": {seed: json}}} from <results>/<scale>/seed<N>/."""
+    scales: dict = {}
+    for scale_dir in sorted(p for p in results.iterdir() if p.is_dir() and p.name != "cost"):
+        runs, selection = {}, {}
+        for seed_dir in sorted(scale_dir.glob("seed*")):
+            seed = int(seed_dir.name[len("seed") :])
+            runs[seed] = {}
+            for file in sorted(seed_dir.glob("*.json")):
+                payload = json.loads(file.read_text())
+                if file.name == "selection.json":
+                    selection[seed] = payload
+                else:
+                    runs[seed][payload["run"]] = payload
+        if runs:
+            scales[scale_dir.name] = {"runs": runs, "selection": selection}
+    return scales
+
+
+def load_cost(results: Path) -> dict | None:
+    file = results / "cost" / "cost.json"
+    return json.loads(file.read_text()) if file.is_file() else None
+
+
+def fmt_number(value) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    if isinstance(value, float):
+        if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e4):
+            return f"{value:.2e}"
+        return f"{value:.3g}" if abs(value) < 100 else f"{value:.1f}"
+    return str(value)
+
+
+def fmt_lr(value) -> str:
+    return "–" if value is None else f"{value:.0e}".replace("e-0", "e-")
+
+
+def choice_order(key: str) -> tuple:
+    """Choice keys are '<setting>/<weights>/<method or variant>'."""
+    _, weights, method = key.split("/")
+    rank = ROW_ORDER.index(method) if method in ROW_ORDER else len(ROW_ORDER)
+    return (WEIGHTS_ORDER.index(weights) if weights in WEIGHTS_ORDER else len(WEIGHTS_ORDER), rank, method)
+
+
+def aggregate(values: list) -> str:
+    """Mean (± sample std over seeds when there are several)."""
+    numbers = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    if not numbers:
+        return "–"
+    if len(numbers) == 1:
+        return fmt_number(float(numbers[0]))
+    return f"{fmt_number(statistics.mean(numbers))} ± {fmt_number(statistics.stdev(numbers))}"
+
+
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def method_label(run: dict) -> str:
+    variant = run.get("variant") or run.get("method")
+    return VARIANT_LABELS.get(variant, variant)
+
+
+def cost_ratios(cost: dict | None) -> dict:
+    """{(method, weights): (step-time ratio, memory ratio)} from cost.json."""
+    if not cost:
+        return {}
+    return {
+        (row["method"], row["weights"]): (row.get("step_time_ratio"), row.get("peak_memory_ratio"))
+        for row in cost.get("methods", [])
+        if row.get("status", "ok") == "ok"
+    }
+
+
+def cost_key(run: dict) -> tuple[str, str]:
+    method = "mox_momentum" if run.get("variant") == "mox_momentum" else run["method"]
+    return method, run.get("weights", "lora")
+
+
+def selected_rows(scale: dict, setting: str, cost: dict | None) -> list[list[str]]:
+    """One row per (weights, method) the selection chose, plus the target and retain references."""
+    seeds = sorted(scale["runs"])
+    ratios = cost_ratios(cost)
+    rows = []
+    for which in ("target", "retain"):
+        runs = [scale["runs"][s].get(f"{setting}-{which}") for s in seeds]
+        runs = [r for r in runs if r]
+        if runs:
+            label = "target (before unlearning)" if which == "target" else "retain model (oracle)"
+            rows.append(
+                [label, "–", "–", "–"]
+                + [aggregate([r["metrics"].get(k) for r in runs]) for k, _ in MAIN_METRICS]
+                + ["–", "–", "–"]
+            )
+    keys = []
+    for seed in seeds:
+        choices = scale["selection"].get(seed, {}).get("settings", {}).get(setting, {}).get("choices", {})
+        keys += [k for k in choices if k not in keys]
+    for key in sorted(keys, key=choice_order):
+        chosen = []
+        for seed in seeds:
+            choice = scale["selection"].get(seed, {}).get("settings", {}).get(setting, {}).get("choices", {}).get(key)
+            if choice and choice["run"] in scale["runs"][seed]:
+                chosen.append((scale["runs"][seed][choice["run"]], choice))
+        if not chosen:
+            continue
+        first = chosen[0][0]
+        lrs = sorted({fmt_lr(r.get("learning_rate")) for r, _ in chosen})
+        alphas = sorted({fmt_number(r.get("alpha")) for r, _ in chosen if r.get("alpha") is not None})
+        met = all(c.get("met_rule") for _, c in chosen)
+        step_ratio, memory_ratio = ratios.get(cost_key(first), (None, None))
+        failed = any(r.get("status") == "failed" for r, _ in chosen)
+        label = method_label(first) + (" (failed)" if failed else "") + ("" if met else " †")
+        rows.append(
+            [label, first.get("weights", "–"), ", ".join(lrs), ", ".join(alphas) or "–"]
+            + [aggregate([r["metrics"].get(k) for r, _ in chosen]) for k, _ in MAIN_METRICS]
+            + [fmt_number(step_ratio), fmt_number(memory_ratio), str(len(chosen))]
+        )
+    return rows
+
+
+def alpha_sweep_rows(scale: dict, setting: str) -> list[list[str]]:
+    """MOX-LoRA plain at every α of the sweep (the learning rate the selection used)."""
+    seeds = sorted(scale["runs"])
+    by_alpha: dict = defaultdict(list)
+    for seed in seeds:
+        choices = scale["selection"].get(seed, {}).get("settings", {}).get(setting, {}).get("choices", {})
+        # The sweep is the plain-MOX choice flagged alpha_sweep (older files: the one with most evaluated runs).
+        candidates = [c for k, c in choices.items() if k.endswith("/mox") and "alpha_star" in c]
+        if not candidates:
+            continue
+        mox = max(candidates, key=lambda c: (bool(c.get("alpha_sweep")), len(c.get("evaluated", []))))
+        chosen_lr = scale["runs"][seed].get(mox["run"], {}).get("learning_rate")
+        for name in mox["evaluated"]:
+            run = scale["runs"][seed].get(name)
+            if run and run.get("learning_rate") == chosen_lr and run.get("alpha") is not None:
+                by_alpha[run["alpha"]].append(run)
+    rows = []
+    for alpha in sorted(by_alpha, reverse=True):
+        runs = by_alpha[alpha]
+        rows.append(
+            [fmt_number(alpha), fmt_lr(runs[0].get("learning_rate"))]
+            + [aggregate([r["metrics"].get(k) for r in runs]) for k, _ in MAIN_METRICS]
+        )
+    return rows
+
+
+def all_runs_rows(scale: dict, setting: str) -> list[list[str]]:
+    """Every evaluated unlearning run (the grid points the rule looked at), seed by seed."""
+    rows = []
+    for seed in sorted(scale["runs"]):
+        for name, run in sorted(scale["runs"][seed].items()):
+            if run.get("kind") != "unlearn" or run.get("setting") != setting:
+                continue
+            status = run.get("status", "ok")
+            wall = run.get("wall_time_s") or {}
+            rows.append(
+                [name, str(seed)]
+                + [fmt_number(run.get("metrics", {}).get(k)) for k, _ in MAIN_METRICS]
+                + [fmt_number(wall.get("train")), fmt_number(wall.get("evaluate")), status]
+            )
+    return rows
+
+
+def plot_scale(name: str, scale: dict, out: Path) -> Path | None:
+    """Forget quality (log) against model utility: every evaluated run, the selected ones highlighted."""
+    points = []
+    for seed, runs in scale["runs"].items():
+        for setting_name, setting in scale["selection"].get(seed, {}).get("settings", {}).items():
+            chosen = {c["run"] for c in setting.get("choices", {}).values()}
+            for run_name, run in runs.items():
+                metrics = run.get("metrics", {})
+                fq, mu = metrics.get("forget_quality"), metrics.get("model_utility")
+                if run.get("setting") != setting_name or fq is None or mu is None:
+                    continue
+                if run.get("kind") in ("target", "retain"):
+                    label = run["kind"]
+                else:
+                    label = method_label(run) + ("" if run.get("weights") == "lora" else f" ({run.get('weights')})")
+                    if run.get("alpha") is not None and run.get("method") == "mox":
+                        label += f" α={run['alpha']:g}"
+                points.append((label, mu, max(fq, 1e-300), run_name in chosen or run.get("kind") != "unlearn"))
+    if not points:
+        return None
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 5.5))
+    ax = fig.add_subplot()
+    for label, mu, fq, highlighted in points:
+        ax.scatter([mu], [fq], s=45 if highlighted else 15, alpha=1.0 if highlighted else 0.35)
+        if highlighted:
+            ax.annotate(label, (mu, fq), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    ax.set_yscale("log")
+    ax.set_xlabel("model utility")
+    ax.set_ylabel("forget quality (KS p-value, log scale)")
+    ax.set_title(f"{name} scale: forget quality vs model utility (large dots: selected runs)")
+    ax.grid(True, which="both", alpha=0.3)
+    path = out / name / "forget_quality_vs_utility.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight", metadata={"Software": None})
+    return path
+
+
+def cost_section(cost: dict | None) -> list[str]:
+    if not cost:
+        return ["_No cost results yet: run `python benchmarks/cost.py`._", ""]
+    lines = [f"### Cost per optimizer step ({cost.get('description', '')})", ""]
+    rows = [
+        [
+            row["method"],
+            row["weights"],
+            fmt_number(row.get("step_time_s")),
+            fmt_number(row.get("step_time_ratio")),
+            fmt_number(row.get("peak_memory_mb")),
+            fmt_number(row.get("peak_memory_ratio")),
+            row.get("status", "ok"),
+        ]
+        for row in cost.get("methods", [])
+    ]
+    lines += table(
+        ["method", "weights", "s / step", "× fine-tune step", "peak MB", "× fine-tune memory", "status"], rows
+    )
+    lines += [""]
+    evaluation = cost.get("evaluation")
+    if evaluation:
+        lines += [f"### Evaluation throughput ({evaluation.get('description', '')})", ""]
+        rows = [
+            [
+                str(row["batch_size"]),
+                fmt_number(row.get("samples_per_s")),
+                fmt_number(row.get("wall_time_s")),
+                fmt_number(row.get("peak_memory_mb")),
+            ]
+            for row in evaluation.get("runs", [])
+        ]
+        lines += table(["batch size", "samples / s", "wall s", "peak MB"], rows) + [""]
+    env = cost.get("environment", {})
+    lines += [f"Measured on: {env.get('device')} ({env.get('cpu_count')} CPUs), commit `{env.get('git_commit')}`.", ""]
+    return lines
+
+
+def render(results: Path, readme_dir: Path, write_plots: bool = True) -> str:
+    """The Markdown that goes between the markers."""
+    scales = load_results(results) if results.is_dir() else {}
+    cost = load_cost(results)
+    lines = [
+        "<!-- generated by benchmarks/make_tables.py from benchmarks/results/*.json; do not edit by hand -->",
+        "",
+    ]
+    ordered = [s for s in SCALE_ORDER if s in scales] + sorted(s for s in scales if s not in SCALE_ORDER)
+    if not ordered:
+        lines += ["_No benchmark results yet._", ""]
+    for name in ordered:
+        scale = scales[name]
+        seeds = sorted(scale["runs"])
+        manifest = next(iter(scale["selection"].values()), {}).get("scale", {})
+        lines += [f"### Scale `{name}` (seeds {', '.join(map(str, seeds))})", ""]
+        if manifest.get("description"):
+            lines += [manifest["description"] + ".", ""]
+        if name == "toy":
+            lines += ["_Plumbing only (a random tiny model): these numbers mean nothing._", ""]
+        budget = manifest.get("unlearn_budget")
+        if budget:
+            lines += [
+                f"Budget (every method): `{json.dumps(budget)}`; learning-rate grids: "
+                f"`{json.dumps(manifest.get('lr_grid'))}`; α sweep `{manifest.get('alphas')}`.",
+                "",
+            ]
+        settings = sorted({run.get("setting") for runs in scale["runs"].values() for run in runs.values()} - {None})
+        for setting in settings:
+            threshold = [
+                sel.get("settings", {}).get(setting, {}).get("utility_threshold") for sel in scale["selection"].values()
+            ]
+            lines += [f"#### {setting}: selected runs", ""]
+            if any(t is not None for t in threshold):
+                lines += [f"Utility threshold (0.9 × target): {aggregate(threshold)}.", ""]
+            header = ["method", "weights", "lr", "α"] + [h for _, h in MAIN_METRICS]
+            header += ["step cost ×", "memory ×", "seeds"]
+            lines += table(header, selected_rows(scale, setting, cost))
+            lines += [
+                "",
+                "† no grid point met the utility rule; the smallest learning rate is shown. "
+                "Step cost and memory are relative to a plain fine-tuning step (see Cost below).",
+                "",
+            ]
+            sweep = alpha_sweep_rows(scale, setting)
+            if sweep:
+                lines += [f"#### {setting}: MOX-LoRA α sweep", ""]
+                lines += table(["α", "lr"] + [h for _, h in MAIN_METRICS], sweep) + [""]
+            lines += [f"<details><summary>{setting}: every evaluated run</summary>", ""]
+            header = ["run", "seed"] + [h for _, h in MAIN_METRICS] + ["train s", "eval s", "status"]
+            lines += table(header, all_runs_rows(scale, setting)) + ["", "</details>", ""]
+        if write_plots:
+            plot = plot_scale(name, scale, results)
+            if plot is not None:
+                relative = plot.relative_to(readme_dir) if plot.is_relative_to(readme_dir) else plot
+                lines += [f"![{name}: forget quality vs model utility]({relative.as_posix()})", ""]
+        else:
+            plot = results / name / "forget_quality_vs_utility.png"
+            if plot.is_file():
+                relative = plot.relative_to(readme_dir) if plot.is_relative_to(readme_dir) else plot
+                lines += [f"![{name}: forget quality vs model utility]({relative.as_posix()})", ""]
+    lines += ["### Cost", ""] + cost_section(cost)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def replace_between_markers(text: str, body: str, where: str) -> str:
+    if BEGIN not in text or END not in text or text.index(BEGIN) > text.index(END):
+        raise SystemExit(f"{where}: add the markers {BEGIN} and {END} (in that order) where the tables go")
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{BEGIN}\n{body}{END}{tail}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
+    parser.add_argument("--readme", default=str(REPO / "benchmarks" / "README.md"))
+    parser.add_argument("--check", action="store_true", help="exit 1 if the README tables are out of date")
+    args = parser.parse_args(argv)
+    readme = Path(args.readme)
+    if not readme.is_file():
+        raise SystemExit(f"{readme} not found: create it with the markers {BEGIN} and {END}")
+    text = readme.read_text()
+    body = render(Path(args.results), readme.parent.resolve(), write_plots=not args.check)
+    updated = replace_between_markers(text, body, str(readme))
+    if args.check:
+        if updated != text:
+            print(f"{readme} is out of date: run python benchmarks/make_tables.py", file=sys.stderr)
+            return 1
+        return 0
+    readme.write_text(updated)
+    print(f"updated {readme}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

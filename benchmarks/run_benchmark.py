@@ -1,0 +1,889 @@
+"""Benchmark MOX against the GA family, task vectors and gradient surgery on TOFU (DESIGN.md §4-§5).
+
+    python benchmarks/run_benchmark.py --scale cpu --seed 0 [--methods mox ga ...] [--out benchmarks/results]
+
+For one scale and seed this script
+1. fine-tunes (or reuses from the cache) the target model (forget + retain) and the retain model (retain only)
+   with the pipeline's finetune stage; the cache lives outside the repository, under
+   `$LLM_UNLEARN_CACHE/bench/` (default ~/.cache/llm_unlearn/bench), keyed by a hash of the config;
+2. evaluates the retain model once (the reference log for forget quality and privleak) and the target model
+   (the utility baseline of the model-selection rule);
+3. runs every registered method under the same budget (same optimizer steps and batch sizes) over a small
+   learning-rate grid per method family, evaluates each with the TOFU suite, and
+4. writes one JSON per run to `<out>/<scale>/seed<N>/<run>.json` (config, environment, wall time, peak memory,
+   summary metrics) plus `selection.json` (the model-selection rule and what it chose).
+
+Resumable: a run whose JSON exists is not run again, so an interrupted benchmark continues where it stopped.
+
+Model selection (never looks at the retain model): every run is the last checkpoint of the one fixed budget.
+The learning rate of a method is the largest in its family's grid whose model utility stays at or above
+UTILITY_FRACTION (90 %) of the target model's; the grid is evaluated from the largest learning rate down and
+stops at the first that passes (so only what the rule needs is evaluated). When none passes, the smallest is
+kept and flagged. MOX: the α sweep {8, 4, 2, 1, 0.5} (largest first) is evaluated in full for MOX-LoRA plain
+and α* is the largest α that passes the same rule; MOX-LoRA momentum and MOX full weights (plain, momentum)
+use α*. Plain and momentum MOX share one memorization run: momentum never changes the training trajectory,
+so the plain θ_for is extrapolated from that run's saved θ_mem (the extrapolate stage, no training).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = REPO / "benchmarks" / "results"
+TOFU_SOURCE = "../shared/data/tofu"  # relative to the repository root (the working directory of a run)
+
+UTILITY_FRACTION = 0.9
+SELECTION_RULE = (
+    "Every run is the last checkpoint of one fixed budget (same optimizer steps and batch sizes for every method). "
+    "Learning rate: the largest in the method family's grid whose model utility is at least "
+    f"{UTILITY_FRACTION:g} x the target model's (grid evaluated largest first, stopping at the first pass; "
+    "when none passes the smallest is kept and flagged). MOX: α* = the largest α in the sweep that passes the "
+    "same rule for MOX-LoRA plain; the other MOX variants use α*. Model utility needs no retain model, so the "
+    "rule never peeks at the oracle."
+)
+
+# Method -> family; each family has its own learning-rate grid per scale and weight mode.
+FAMILIES = {
+    "ga": "ascent",
+    "grad_diff": "ascent",
+    "npo": "ascent",
+    "simnpo": "ascent",
+    "eupmu": "ascent",
+    "ungrad": "ascent",
+    "pcgrad": "ascent",
+    "sfron": "ascent",
+    "idk": "descent",
+    "task_vector": "descent",
+    "mox": "mox",
+}
+MOX_VARIANTS = ("mox", "mox_momentum")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One data configuration of a scale (a forget split)."""
+
+    name: str
+    data: dict
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Everything that sizes a benchmark. `unlearn` holds the training fields every method shares."""
+
+    name: str
+    description: str
+    base_model: str  # a toolkit model name or folder; "tiny" = a random 2-layer Llama (plumbing only)
+    settings: tuple[Setting, ...]
+    baseline_weights: tuple[str, ...]  # "lora" and/or "full" for the non-MOX methods
+    mox_weights: tuple[str, ...]
+    seeds: tuple[int, ...]  # the seeds the scale is meant to be run with (one --seed per invocation)
+    finetune: dict
+    unlearn: dict
+    lr_grid: dict  # (family, weights) -> learning rates, largest first
+    alphas: tuple[float, ...]  # MOX α sweep, largest first
+    eval_options: dict
+    eval_rows: dict  # set -> number of evenly spaced rows kept (absent: all rows)
+    lora: dict = field(default_factory=lambda: {"r": 8, "lora_alpha": 16})
+    method_settings: dict = field(default_factory=dict)  # method -> extra config fields (stated in the results)
+    fmt: dict = field(default_factory=dict)
+    use_cpu: bool = True
+
+
+# Per-method settings that are not learning rates, shared by all scales (documented in the README).
+METHOD_SETTINGS = {
+    "grad_diff": {"retain_loss": "nll"},
+    "npo": {"retain_loss": "nll"},
+    "simnpo": {"retain_loss": "nll"},
+    "task_vector": {"alpha": 5.0},
+}
+
+TOY = Scale(
+    name="toy",
+    description="random 2-layer Llama on tiny synthetic authors: exercises every code path of the harness "
+    "(settings, LoRA and full weights, grids, α sweep, momentum, selection) in seconds; its numbers mean nothing",
+    base_model="tiny",
+    settings=(
+        Setting(
+            "f1",
+            {"dataset": "synthetic", "n_authors": 5, "qa_per_author": 2, "forget_authors": 1, "holdout_authors": 1},
+        ),
+        Setting(
+            "f2",
+            {"dataset": "synthetic", "n_authors": 6, "qa_per_author": 2, "forget_authors": 2, "holdout_authors": 1},
+        ),
+    ),
+    baseline_weights=("lora", "full"),
+    mox_weights=("lora", "full"),
+    seeds=(0,),
+    finetune={"learning_rate": 1e-3, "num_train_epochs": 1, "per_device_train_batch_size": 4},
+    unlearn={"max_steps": 2, "per_device_train_batch_size": 2, "warmup_steps": 0},
+    lr_grid={
+        ("ascent", "lora"): (1e-3, 1e-4),
+        ("descent", "lora"): (1e-3, 1e-4),
+        ("mox", "lora"): (1e-3,),
+        ("ascent", "full"): (1e-4, 1e-5),
+        ("descent", "full"): (1e-4, 1e-5),
+        ("mox", "full"): (1e-4, 1e-5),
+    },
+    alphas=(2.0, 0.5),  # a short sweep: the toy checks plumbing, the real scales sweep {8, 4, 2, 1, 0.5}
+    eval_options={"batch_size": 4, "max_new_tokens": 4},
+    eval_rows={"real_authors": 3, "world_facts": 3},
+    lora={"r": 4, "lora_alpha": 8},
+    method_settings={"sfron": {"fisher_samples": 4, "fisher_batch_size": 2}},
+)
+
+CPU = Scale(
+    name="cpu",
+    description="real TOFU forget01 (2 authors) + the first 8 retain authors, SmolLM2-135M-Instruct with LoRA "
+    "(MOX also with full weights); 3 fine-tuning epochs, 5 unlearning steps of 4 + 4 rows, evaluation on "
+    "evenly spaced subsets (forget 20 of 40 rows, holdout 20 of 40, 8 rows each of retain / real authors / "
+    "world facts), 40 new tokens, empty system prompt; sized for about an hour on a shared 2-core CPU",
+    base_model="smollm2-135m-instruct",
+    settings=(
+        Setting(
+            "forget01",
+            {"dataset": "tofu", "source": TOFU_SOURCE, "forget_split": "forget01", "retain_authors": 8},
+        ),
+    ),
+    baseline_weights=("lora",),
+    mox_weights=("lora", "full"),
+    seeds=(0,),
+    # One epoch left the forget set barely learned (target vs retain forget quality 0.87 on a first try).
+    finetune={"learning_rate": 2e-3, "num_train_epochs": 3, "per_device_train_batch_size": 8},
+    unlearn={"max_steps": 5, "per_device_train_batch_size": 4, "warmup_steps": 0},
+    lr_grid={
+        ("ascent", "lora"): (3e-4, 1e-4),
+        ("descent", "lora"): (1e-3, 3e-4),
+        ("mox", "lora"): (1e-3,),
+        ("mox", "full"): (3e-5, 1e-5),
+    },
+    alphas=(8.0, 4.0, 2.0, 1.0, 0.5),
+    eval_options={"batch_size": 10, "max_new_tokens": 40},
+    eval_rows={"forget": 20, "holdout": 20, "retain": 8, "real_authors": 8, "world_facts": 8},
+    method_settings={"sfron": {"fisher_samples": 16, "fisher_batch_size": 4}},
+    # SmolLM2's template otherwise inserts a 16-token default system prompt into every sequence (~18 % of the
+    # tokens); an empty one is recorded in every result.
+    fmt={"system_prompt": ""},
+)
+
+GPU = Scale(
+    name="gpu",
+    description="full TOFU forget01/05/10, SmolLM2-135M-Instruct, full weights and LoRA, MOX paper budget "
+    "(10 epochs, batch 32); run with --seed 0, 1 and 2",
+    base_model="smollm2-135m-instruct",
+    settings=tuple(
+        Setting(split, {"dataset": "tofu", "source": TOFU_SOURCE, "forget_split": split})
+        for split in ("forget01", "forget05", "forget10")
+    ),
+    baseline_weights=("lora", "full"),
+    mox_weights=("lora", "full"),
+    seeds=(0, 1, 2),
+    finetune={"learning_rate": 1e-4, "num_train_epochs": 5, "per_device_train_batch_size": 32},
+    unlearn={"num_train_epochs": 10, "per_device_train_batch_size": 32, "warmup_steps": 0.1},
+    lr_grid={
+        ("ascent", "lora"): (1e-4, 3e-5),
+        ("descent", "lora"): (3e-4, 1e-4),
+        ("mox", "lora"): (3e-4, 1e-4),
+        ("ascent", "full"): (1e-5, 3e-6),
+        ("descent", "full"): (3e-5, 1e-5),
+        ("mox", "full"): (3e-5, 1e-5),
+    },
+    alphas=(8.0, 4.0, 2.0, 1.0, 0.5),
+    eval_options={"batch_size": 32, "max_new_tokens": 200},
+    eval_rows={},
+    method_settings={},
+    use_cpu=False,
+)
+
+SCALES = {scale.name: scale for scale in (TOY, CPU, GPU)}
+
+
+# --- small helpers ------------------------------------------------------------------------------------------
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def config_hash(payload: dict) -> str:
+    canonical = json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def default_cache() -> Path:
+    """$LLM_UNLEARN_CACHE/bench (default ~/.cache/llm_unlearn/bench): models and work folders, never the repo."""
+    from llm_unlearn.models import cache_root
+
+    return cache_root() / "bench"
+
+
+def evenly_spaced(records: list[dict], count: int | None) -> list[dict]:
+    """`count` rows spread over the whole list (every author represented), in their original order."""
+    if count is None or count >= len(records):
+        return list(records)
+    return [records[(i * len(records)) // count] for i in range(count)]
+
+
+def lr_tag(value: float) -> str:
+    return f"{value:.0e}".replace("e-0", "e-")
+
+
+def alpha_tag(value: float) -> str:
+    return f"{value:g}"
+
+
+class PeakMemory:
+    """Peak memory of one stage inside this long-lived process.
+
+    GPU: the allocator's peak since reset. CPU (Linux): the resident-set high-water mark (VmHWM), reset through
+    /proc/self/clear_refs; the peak then includes what the harness itself holds. Elsewhere: the process's max
+    RSS so far (not resettable; recorded as such).
+    """
+
+    def __init__(self):
+        import torch
+
+        self.cuda = torch.cuda.is_available()
+        self.kind = "cuda_max_allocated"
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+            return
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+            self.kind = "vm_hwm_since_reset"
+        except OSError:
+            self.kind = "process_max_rss_cumulative"
+
+    def read_mb(self) -> float:
+        import torch
+
+        if self.cuda:
+            return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        if self.kind == "vm_hwm_since_reset":
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+        from llm_unlearn.runs import peak_memory_mb
+
+        return round(peak_memory_mb(), 1)
+
+
+# --- the context of one (scale, seed, setting) ---------------------------------------------------------------
+
+
+@dataclass
+class Context:
+    scale: Scale
+    seed: int
+    setting: Setting
+    out_dir: Path  # results/<scale>/seed<N>
+    cache: Path  # fine-tuned models (keyed by config hash) and the work folders of unlearning runs
+    work_dir: Path  # <cache>/work/<scale>/seed<N>/<setting>
+    base_model: str
+    target_model: str = ""
+    retain_model: str = ""
+    reference_log: str = ""
+    target_utility: float | None = None
+    finetune_info: dict = field(default_factory=dict)
+    choices: dict = field(default_factory=dict)
+
+    def result_path(self, run: str) -> Path:
+        return self.out_dir / f"{run}.json"
+
+
+def tiny_base_model(cache: Path) -> str:
+    """A random 2-layer Llama with the real SmolLM2 tokenizer, saved once into the cache (toy scale)."""
+    from llm_unlearn.models import load_tokenizer, tiny_llama
+
+    folder = cache / "models" / "tiny-llama-v1"
+    if (folder / "config.json").is_file():
+        return str(folder)
+    tokenizer = load_tokenizer("smollm2-135m-instruct")
+    staging = folder.with_name(folder.name + f".tmp-{os.getpid()}")
+    tiny_llama(len(tokenizer), seed=0).save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(staging, folder)
+    return str(folder)
+
+
+def resolve_base_model(scale: Scale, cache: Path) -> str:
+    return tiny_base_model(cache) if scale.base_model == "tiny" else scale.base_model
+
+
+def training_common(scale: Scale, seed: int) -> dict:
+    return {"use_cpu": scale.use_cpu, "seed": seed, "disable_tqdm": True, "logging_steps": 1, "save_strategy": "no"}
+
+
+def finetune_config(ctx: Context, which: str) -> dict:
+    scale = ctx.scale
+    return {
+        "model": {"name_or_path": ctx.base_model, "lora": scale.lora},
+        "data": ctx.setting.data,
+        "format": scale.fmt,
+        "finetune": {"which": which},
+        "training": {**training_common(scale, ctx.seed), **scale.finetune},
+    }
+
+
+def prepare_finetuned(ctx: Context, which: str) -> tuple[str, dict]:
+    """Fit (or reuse) the target or retain model; the cache key hashes the whole config."""
+    from llm_unlearn.pipeline import RunOptions, parse_config, run_finetune
+
+    config = finetune_config(ctx, which)
+    key = config_hash({"config": config, "base_model_tag": ctx.scale.base_model})
+    run_dir = ctx.cache / "finetuned" / f"{which}-{key}"
+    info_file = run_dir / "run_info.json"
+    if not (run_dir / "model" / "config.json").is_file() or not info_file.is_file():
+        log(f"fine-tuning the {which} model -> {run_dir}")
+        config["training"]["output_dir"] = str(run_dir)
+        run_finetune(parse_config(copy.deepcopy(config)), RunOptions(overwrite=True))
+    else:
+        log(f"reusing the cached {which} model {run_dir}")
+    info = json.loads(info_file.read_text())
+    summary = {
+        "path": str(run_dir / "model"),
+        "config_hash": key,
+        "config": config | {"training": {k: v for k, v in config["training"].items() if k != "output_dir"}},
+        "wall_time_s": info.get("wall_time_s"),
+        "peak_memory_mb": info.get("peak_memory_mb"),
+        "data": info.get("data"),
+    }
+    return str(run_dir / "model"), summary
+
+
+def eval_sets_for(ctx: Context) -> dict[str, list[dict]]:
+    from llm_unlearn.data import DataConfig, load_qa_splits
+    from llm_unlearn.pipeline import eval_sets
+
+    sets = eval_sets(load_qa_splits(DataConfig.from_dict(ctx.setting.data)))
+    return {name: evenly_spaced(rows, ctx.scale.eval_rows.get(name)) for name, rows in sets.items()}
+
+
+def evaluate(ctx: Context, model_path: str, out_dir: Path, reference_log: str | None) -> tuple[dict, float, float]:
+    """The TOFU suite on a model or adapter folder (adapters apply onto the target). Returns (summary, s, MB)."""
+    from llm_unlearn.config import ModelConfig
+    from llm_unlearn.data.collate import PromptFormat
+    from llm_unlearn.evaluation.runner import run_evaluation
+    from llm_unlearn.evaluation.tofu import TofuEvalOptions
+    from llm_unlearn.models import load_tokenizer
+    from llm_unlearn.pipeline import load_for_eval
+
+    memory = PeakMemory()
+    start = time.perf_counter()
+    base = ctx.target_model or model_path
+    model = load_for_eval(ModelConfig(name_or_path=base, lora=None), model_path)
+    summary = run_evaluation(
+        model,
+        load_tokenizer(base),
+        "tofu",
+        eval_sets_for(ctx),
+        out_dir,
+        TofuEvalOptions(**ctx.scale.eval_options),
+        PromptFormat(**ctx.scale.fmt),
+        reference_log,
+    )
+    del model
+    return summary, round(time.perf_counter() - start, 2), memory.read_mb()
+
+
+def write_result(path: Path, payload: dict) -> None:
+    from llm_unlearn.utils import atomic_write_json, environment_info
+
+    atomic_write_json(path, {**payload, "environment": environment_info()})
+
+
+def eval_record(summary: dict) -> dict:
+    return {
+        "metrics": summary.get("metrics", {}),
+        "null_reasons": summary.get("null_reasons", {}),
+        "eval_options": summary.get("options"),
+        "row_counts": summary.get("row_counts"),
+        "label_mode": summary.get("label_mode"),
+    }
+
+
+def prepare_references(ctx: Context) -> None:
+    """Target and retain models, the retain model's reference log, and the target's utility (selection baseline)."""
+    ctx.target_model, target_info = prepare_finetuned(ctx, "target")
+    ctx.retain_model, retain_info = prepare_finetuned(ctx, "retain")
+    ctx.finetune_info = {"target": target_info, "retain": retain_info}
+    eval_key = config_hash({"eval": ctx.scale.eval_options, "rows": ctx.scale.eval_rows, "fmt": ctx.scale.fmt})
+    reference_dir = Path(ctx.retain_model).parent / f"eval-{eval_key}"
+    ctx.reference_log = str(reference_dir / "per_sample.json")
+    for which, model_path, info in (
+        ("retain", ctx.retain_model, retain_info),
+        ("target", ctx.target_model, target_info),
+    ):
+        name = f"{ctx.setting.name}-{which}"
+        result = ctx.result_path(name)
+        eval_dir = reference_dir if which == "retain" else Path(model_path).parent / f"eval-{eval_key}"
+        if result.is_file() and (which != "retain" or Path(ctx.reference_log).is_file()):
+            summary = json.loads(result.read_text())
+        else:
+            log(f"evaluating the {which} model")
+            metrics, seconds, peak = evaluate(
+                ctx, model_path, eval_dir, None if which == "retain" else ctx.reference_log
+            )
+            summary = {
+                "run": name,
+                "kind": which,
+                "scale": ctx.scale.name,
+                "seed": ctx.seed,
+                "setting": ctx.setting.name,
+                "method": which,
+                "weights": "lora-merged" if ctx.scale.lora else "full",
+                "finetune": info,
+                "wall_time_s": {"finetune": info.get("wall_time_s"), "evaluate": seconds},
+                "peak_memory_mb": {"finetune": info.get("peak_memory_mb"), "evaluate": peak},
+                "peak_memory_kind": PeakMemory().kind,
+                **eval_record(metrics),
+            }
+            write_result(result, summary)
+        if which == "target":
+            ctx.target_utility = summary["metrics"].get("model_utility")
+
+
+# --- unlearning runs -----------------------------------------------------------------------------------------
+
+
+def unlearn_config(ctx: Context, method: str, weights: str, lr: float, work: Path, extra: dict) -> dict:
+    scale = ctx.scale
+    return {
+        "model": {"name_or_path": ctx.target_model, "lora": scale.lora if weights == "lora" else None},
+        "data": ctx.setting.data,
+        "format": scale.fmt,
+        "method": method,
+        "training": {
+            **training_common(scale, ctx.seed),
+            **scale.unlearn,
+            **METHOD_SETTINGS.get(method, {}),
+            **scale.method_settings.get(method, {}),
+            **extra,
+            "learning_rate": lr,
+            "output_dir": str(work),
+        },
+    }
+
+
+def train(config: dict) -> tuple[Path, float, float]:
+    """run_unlearn in a fresh folder unless it already finished there (run_info.json). Returns (dir, s, MB)."""
+    from llm_unlearn.pipeline import RunOptions, parse_config, run_unlearn
+
+    work = Path(config["training"]["output_dir"])
+    info_file = work / "run_info.json"
+    if info_file.is_file():
+        log(f"reusing the finished run {work}")
+        info = json.loads(info_file.read_text())
+        return work, info.get("wall_time_s"), info.get("bench_peak_memory_mb")
+    memory = PeakMemory()
+    start = time.perf_counter()
+    run_unlearn(parse_config(copy.deepcopy(config)), RunOptions(overwrite=True))
+    seconds, peak = round(time.perf_counter() - start, 2), memory.read_mb()
+    info = json.loads(info_file.read_text())
+    info["bench_peak_memory_mb"] = peak
+    info_file.write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
+    return work, seconds, peak
+
+
+def extrapolate_plain(ctx: Context, config: dict, alphas: list[float]) -> Path:
+    """Plain MOX θ_for for every α from the saved memorization model (no training)."""
+    from llm_unlearn.pipeline import RunOptions, parse_config, run_extrapolate
+
+    work = Path(config["training"]["output_dir"])
+    out = work.parent / f"{work.name}-plain"
+    if (out / "run_info.json").is_file():
+        return out
+    plain = copy.deepcopy(config)
+    plain["training"].update({"output_dir": str(out), "momentum": False, "alpha": alphas[0], "alphas": alphas[1:]})
+    plain["extrapolate"] = {"memorization": str(work / "memorization")}
+    run_extrapolate(parse_config(plain), RunOptions(overwrite=True))
+    return out
+
+
+def export_dir(run_dir: Path, alpha: float, first_alpha: float) -> Path:
+    return run_dir / ("unlearned" if alpha == first_alpha else f"alpha_{alpha:g}")
+
+
+def training_log_tail(work: Path) -> dict:
+    path = work / "train_log.json"
+    if not path.is_file():
+        return {}
+    rows = json.loads(path.read_text())
+    losses = [row for row in rows if "loss" in row]
+    return {"first": losses[0] if losses else None, "last": losses[-1] if losses else None}
+
+
+def record_run(
+    ctx: Context,
+    name: str,
+    method: str,
+    variant: str,
+    weights: str,
+    lr: float,
+    alpha: float | None,
+    config: dict,
+    model_dir: Path,
+    train_seconds: float | None,
+    train_peak: float | None,
+    work: Path,
+    note: str | None = None,
+) -> dict:
+    log(f"evaluating {name}")
+    summary, seconds, peak = evaluate(ctx, str(model_dir), model_dir / "eval", ctx.reference_log)
+    run_info_file = work / "run_info.json"
+    run_info = json.loads(run_info_file.read_text()) if run_info_file.is_file() else {}
+    payload = {
+        "run": name,
+        "kind": "unlearn",
+        "scale": ctx.scale.name,
+        "seed": ctx.seed,
+        "setting": ctx.setting.name,
+        "method": method,
+        "variant": variant,
+        "family": FAMILIES.get(method),
+        "weights": weights,
+        "learning_rate": lr,
+        "alpha": alpha,
+        "config": {**config, "training": {k: v for k, v in config["training"].items() if k != "output_dir"}},
+        "target_model": ctx.finetune_info["target"]["config_hash"],
+        "runaway_steps": run_info.get("runaway_steps"),
+        "training_loss": training_log_tail(work),
+        "wall_time_s": {"train": train_seconds, "evaluate": seconds},
+        "peak_memory_mb": {"train": train_peak, "evaluate": peak},
+        "peak_memory_kind": PeakMemory().kind,
+        "note": note,
+        **eval_record(summary),
+    }
+    write_result(ctx.result_path(name), payload)
+    return payload
+
+
+def failure(ctx: Context, name: str, method: str, weights: str, lr: float, error: BaseException) -> dict:
+    payload = {
+        "run": name,
+        "kind": "unlearn",
+        "status": "failed",
+        "scale": ctx.scale.name,
+        "seed": ctx.seed,
+        "setting": ctx.setting.name,
+        "method": method,
+        "weights": weights,
+        "learning_rate": lr,
+        "error": f"{type(error).__name__}: {error}",
+        "traceback": traceback.format_exc(limit=8),
+        "metrics": {},
+    }
+    write_result(ctx.result_path(name), payload)
+    log(f"{name} FAILED: {payload['error']}")
+    return payload
+
+
+def passes(ctx: Context, result: dict) -> bool:
+    utility = result.get("metrics", {}).get("model_utility")
+    if utility is None or ctx.target_utility is None:
+        return False
+    return utility >= UTILITY_FRACTION * ctx.target_utility
+
+
+def run_baseline(ctx: Context, method: str, weights: str) -> None:
+    """One non-MOX method over its learning-rate grid, largest first, until the utility rule passes."""
+    grid = ctx.scale.lr_grid[(FAMILIES[method], weights)]
+    evaluated = []
+    chosen = None
+    for lr in grid:
+        name = f"{ctx.setting.name}-{weights}-{method}-lr{lr_tag(lr)}"
+        path = ctx.result_path(name)
+        if path.is_file():
+            result = json.loads(path.read_text())
+        else:
+            work = ctx.work_dir / name
+            config = unlearn_config(ctx, method, weights, lr, work, {})
+            try:
+                log(f"training {name}")
+                work, seconds, peak = train(config)
+                result = record_run(
+                    ctx, name, method, method, weights, lr, None, config, work / "unlearned", seconds, peak, work
+                )
+            except Exception as error:  # one broken method must not stop the benchmark
+                result = failure(ctx, name, method, weights, lr, error)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+        evaluated.append(name)
+        if passes(ctx, result):
+            chosen = (name, True)
+            break
+    if chosen is None:
+        chosen = (evaluated[-1], False)
+    ctx.choices[f"{ctx.setting.name}/{weights}/{method}"] = {
+        "run": chosen[0],
+        "met_rule": chosen[1],
+        "evaluated": evaluated,
+    }
+
+
+def mox_names(ctx: Context, weights: str, lr: float) -> dict[str, str]:
+    stem = f"{ctx.setting.name}-{weights}-{{variant}}-lr{lr_tag(lr)}"
+    return {variant: stem.format(variant=variant) for variant in MOX_VARIANTS}
+
+
+def run_mox_grid_point(ctx: Context, weights: str, lr: float, plain_alphas: list[float], momentum_alpha: float | None):
+    """One memorization run (momentum on) → plain θ_for for `plain_alphas`, momentum θ_for for `momentum_alpha`.
+
+    Returns {(variant, α): result}. Results already on disk are read, and nothing is trained when all exist.
+    """
+    names = mox_names(ctx, weights, lr)
+    wanted = [("mox", a) for a in plain_alphas] + ([("mox_momentum", momentum_alpha)] if momentum_alpha else [])
+    results: dict = {}
+    missing = []
+    for variant, alpha in wanted:
+        path = ctx.result_path(f"{names[variant]}-a{alpha_tag(alpha)}")
+        if path.is_file():
+            results[(variant, alpha)] = json.loads(path.read_text())
+        else:
+            missing.append((variant, alpha))
+    if not missing:
+        return results
+    work = ctx.work_dir / f"{ctx.setting.name}-{weights}-mox-lr{lr_tag(lr)}"
+    # The run exports the momentum model for the whole α sweep, so a later call for α* reuses it as it is.
+    momentum_alphas = list(ctx.scale.alphas)
+    config = unlearn_config(
+        ctx,
+        "mox",
+        weights,
+        lr,
+        work,
+        {"momentum": True, "alpha": momentum_alphas[0], "alphas": momentum_alphas[1:]},
+    )
+    try:
+        log(f"training MOX memorization {work.name}")
+        work, seconds, peak = train(config)
+        plain_dir = extrapolate_plain(ctx, config, plain_alphas) if any(v == "mox" for v, _ in missing) else None
+        for variant, alpha in missing:
+            name = f"{names[variant]}-a{alpha_tag(alpha)}"
+            if variant == "mox":
+                model_dir = export_dir(plain_dir, alpha, plain_alphas[0])
+            else:
+                model_dir = export_dir(work, alpha, momentum_alphas[0])
+            variant_config = copy.deepcopy(config)
+            variant_config["training"].update({"momentum": variant == "mox_momentum", "alpha": alpha, "alphas": []})
+            note = (
+                "plain θ_for extrapolated (extrapolate stage) from the θ_mem saved by the momentum-enabled "
+                "memorization run; momentum does not change the training trajectory"
+                if variant == "mox"
+                else "momentum θ̄_for exported by the memorization run"
+            )
+            try:
+                results[(variant, alpha)] = record_run(
+                    ctx, name, "mox", variant, weights, lr, alpha, variant_config, model_dir, seconds, peak, work, note
+                )
+            except Exception as error:
+                results[(variant, alpha)] = failure(ctx, name, "mox", weights, lr, error)
+            finally:
+                shutil.rmtree(model_dir, ignore_errors=True)  # full-weight exports are large
+    except Exception as error:
+        for variant, alpha in missing:
+            if (variant, alpha) not in results:
+                results[(variant, alpha)] = failure(
+                    ctx, f"{names[variant]}-a{alpha_tag(alpha)}", "mox", weights, lr, error
+                )
+    return results
+
+
+def run_mox(ctx: Context) -> None:
+    """MOX-LoRA plain α sweep (selects lr* and α*), then momentum LoRA and full weights (plain, momentum) at α*."""
+    alphas = list(ctx.scale.alphas)
+    first_weights = ctx.scale.mox_weights[0]
+    sweep_evaluated, chosen = [], None
+    grid = ctx.scale.lr_grid[("mox", first_weights)]
+    for lr in grid:
+        results = run_mox_grid_point(ctx, first_weights, lr, alphas, None)
+        names = mox_names(ctx, first_weights, lr)
+        sweep_evaluated += [f"{names['mox']}-a{alpha_tag(a)}" for a in alphas]
+        passing = [a for a in alphas if passes(ctx, results[("mox", a)])]
+        if passing:
+            chosen = (lr, max(passing), True)
+            break
+    if chosen is None:
+        chosen = (grid[-1], min(alphas), False)
+    lr_star, alpha_star, met = chosen
+    ctx.choices[f"{ctx.setting.name}/{first_weights}/mox"] = {
+        "run": f"{mox_names(ctx, first_weights, lr_star)['mox']}-a{alpha_tag(alpha_star)}",
+        "met_rule": met,
+        "evaluated": sweep_evaluated,
+        "alpha_star": alpha_star,
+        "alpha_sweep": True,
+    }
+    # Momentum at α* on the same weights: same memorization run (already trained when lr* was swept).
+    for weights in ctx.scale.mox_weights:
+        variants = ("mox_momentum",) if weights == first_weights else MOX_VARIANTS
+        grid = (lr_star,) if weights == first_weights else ctx.scale.lr_grid[("mox", weights)]
+        for variant in variants:
+            evaluated, picked = [], None
+            for lr in grid:
+                plain = [alpha_star] if variant == "mox" else []
+                momentum = alpha_star if variant == "mox_momentum" else None
+                results = run_mox_grid_point(ctx, weights, lr, plain, momentum)
+                result = results[(variant, alpha_star)]
+                evaluated.append(result["run"])
+                if passes(ctx, result):
+                    picked = (result["run"], True)
+                    break
+            if picked is None:
+                picked = (evaluated[-1], False)
+            ctx.choices[f"{ctx.setting.name}/{weights}/{variant}"] = {
+                "run": picked[0],
+                "met_rule": picked[1],
+                "evaluated": evaluated,
+                "alpha_star": alpha_star,
+            }
+
+
+# --- driver --------------------------------------------------------------------------------------------------
+
+
+def registered_methods(requested: list[str] | None) -> list[str]:
+    from llm_unlearn.methods import METHODS
+
+    if requested:
+        unknown = [m for m in requested if m not in METHODS]
+        if unknown:
+            raise SystemExit(f"--methods: unknown {unknown}; registered methods: {', '.join(METHODS)}")
+        unplaced = [m for m in requested if m not in FAMILIES]
+        if unplaced:
+            raise SystemExit(f"--methods: {unplaced} have no family in benchmarks/run_benchmark.py FAMILIES; add them")
+        return list(requested)
+    methods = [m for m in METHODS if m in FAMILIES]
+    for name in METHODS:
+        if name not in FAMILIES:
+            log(f"skipping method {name!r}: it has no family (learning-rate grid) in FAMILIES yet")
+    return methods
+
+
+def run_setting(scale: Scale, seed: int, setting: Setting, methods: list[str], out: Path, cache: Path) -> dict:
+    ctx = Context(
+        scale=scale,
+        seed=seed,
+        setting=setting,
+        out_dir=out / scale.name / f"seed{seed}",
+        cache=cache,
+        work_dir=cache / "work" / scale.name / f"seed{seed}" / setting.name,
+        base_model=resolve_base_model(scale, cache),
+    )
+    ctx.out_dir.mkdir(parents=True, exist_ok=True)
+    prepare_references(ctx)
+    log(f"{setting.name}: target model utility {ctx.target_utility}")
+    if "mox" in methods:
+        run_mox(ctx)
+    for weights in scale.baseline_weights:
+        for method in methods:
+            if method != "mox":
+                run_baseline(ctx, method, weights)
+    return {
+        "target_model_utility": ctx.target_utility,
+        "utility_threshold": None if ctx.target_utility is None else UTILITY_FRACTION * ctx.target_utility,
+        "choices": ctx.choices,
+        "finetune": ctx.finetune_info,
+    }
+
+
+def scale_manifest(scale: Scale) -> dict:
+    return {
+        "name": scale.name,
+        "description": scale.description,
+        "base_model": scale.base_model,
+        "settings": {s.name: s.data for s in scale.settings},
+        "baseline_weights": list(scale.baseline_weights),
+        "mox_weights": list(scale.mox_weights),
+        "seeds": list(scale.seeds),
+        "finetune": scale.finetune,
+        "unlearn_budget": scale.unlearn,
+        "lr_grid": {f"{family}/{weights}": list(lrs) for (family, weights), lrs in scale.lr_grid.items()},
+        "alphas": list(scale.alphas),
+        "eval_options": scale.eval_options,
+        "eval_rows": scale.eval_rows,
+        "lora": scale.lora,
+        "method_settings": {**METHOD_SETTINGS, **scale.method_settings},
+        "families": FAMILIES,
+    }
+
+
+def run_benchmark(
+    scale_name: str,
+    seed: int,
+    methods: list[str] | None = None,
+    out: str | Path = DEFAULT_OUT,
+    cache: str | Path | None = None,
+    settings: list[str] | None = None,
+) -> Path:
+    scale = SCALES[scale_name]
+    known = [s.name for s in scale.settings]
+    if settings and (unknown := [s for s in settings if s not in known]):
+        raise SystemExit(f"--settings: unknown {unknown}; scale {scale.name} has {', '.join(known)}")
+    chosen_settings = [s for s in scale.settings if not settings or s.name in settings]
+    out = Path(out)
+    cache = Path(cache) if cache else default_cache()
+    chosen_methods = registered_methods(methods)
+    start = time.perf_counter()
+    seed_dir = out / scale.name / f"seed{seed}"
+    seed_dir.mkdir(parents=True, exist_ok=True)
+    log(f"scale {scale.name}, seed {seed}, methods {chosen_methods} -> {seed_dir}")
+    results = {s.name: run_setting(scale, seed, s, chosen_methods, out, cache) for s in chosen_settings}
+    selection_file = seed_dir / "selection.json"
+    if selection_file.is_file():  # keep the choices of settings run by an earlier invocation (--settings)
+        earlier = json.loads(selection_file.read_text()).get("settings", {})
+        results = {**{k: v for k, v in earlier.items() if k not in results}, **results}
+    from llm_unlearn.utils import atomic_write_json, environment_info
+
+    atomic_write_json(
+        selection_file,
+        {
+            "rule": SELECTION_RULE,
+            "utility_fraction": UTILITY_FRACTION,
+            "scale": scale_manifest(scale),
+            "seed": seed,
+            "methods": chosen_methods,
+            "settings": results,
+            "wall_time_s_this_invocation": round(time.perf_counter() - start, 1),
+            "environment": environment_info(),
+        },
+    )
+    log(f"done in {(time.perf_counter() - start) / 60:.1f} min -> {seed_dir}")
+    return seed_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scale", choices=sorted(SCALES), required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--methods", nargs="+", help="subset of the registered methods (default: all of them)")
+    parser.add_argument("--out", default=str(DEFAULT_OUT), help="results root (default: benchmarks/results)")
+    parser.add_argument("--cache", help="models and work folders (default: $LLM_UNLEARN_CACHE/bench)")
+    parser.add_argument("--settings", nargs="+", help="only these settings of the scale (e.g. forget05)")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if SCALES[args.scale].use_cpu is False:
+        import torch
+
+        if not torch.cuda.is_available():
+            log("warning: the gpu scale is sized for a CUDA GPU; on CPU it will take days")
+    run_benchmark(args.scale, args.seed, args.methods, args.out, args.cache, args.settings)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""The benchmark harness end to end at the toy scale (tiny random model), and make_tables on result JSON."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import make_tables  # noqa: E402
+import run_benchmark as rb  # noqa: E402
+
+
+def test_evenly_spaced_keeps_order_and_spreads_rows():
+    rows = [{"index": i} for i in range(10)]
+    assert [r["index"] for r in rb.evenly_spaced(rows, 4)] == [0, 2, 5, 7]
+    assert rb.evenly_spaced(rows, None) == rows
+    assert rb.evenly_spaced(rows, 20) == rows
+
+
+def test_tags_name_runs_unambiguously():
+    assert rb.lr_tag(3e-4) == "3e-4"
+    assert rb.lr_tag(1e-3) == "1e-3"
+    assert rb.alpha_tag(0.5) == "0.5" and rb.alpha_tag(8.0) == "8"
+
+
+def test_every_registered_method_has_a_family_and_every_scale_a_grid():
+    from llm_unlearn.methods import METHODS
+
+    assert set(METHODS) <= set(rb.FAMILIES), "add new methods to FAMILIES in benchmarks/run_benchmark.py"
+    for scale in rb.SCALES.values():
+        for method in METHODS:
+            for weights in scale.baseline_weights if method != "mox" else scale.mox_weights:
+                grid = scale.lr_grid[(rb.FAMILIES[method], weights)]
+                assert list(grid) == sorted(grid, reverse=True), f"{scale.name}: grids run largest first"
+    assert rb.SCALES["cpu"].alphas == rb.SCALES["gpu"].alphas == (8.0, 4.0, 2.0, 1.0, 0.5)
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+    """The toy scale, setting f1, with MOX and GA; the utility rule is made to reject lr 1e-3 so that both the
+    'next grid point' and the 'nothing passes' branches run (the tiny model's utility is 0 and would pass all)."""
+    root = tmp_path_factory.mktemp("bench")
+    out, cache = root / "results", root / "cache"
+    patch = pytest.MonkeyPatch()
+    patch.setattr(rb, "passes", lambda ctx, result: result.get("learning_rate") != 1e-3)
+    try:
+        seed_dir = rb.run_benchmark("toy", 0, ["mox", "ga"], out, cache, settings=["f1"])
+    finally:
+        patch.undo()
+    return out, cache, seed_dir
+
+
+def test_toy_benchmark_writes_one_json_per_run_and_a_selection(toy_run):
+    _, cache, seed_dir = toy_run
+    names = sorted(p.stem for p in seed_dir.glob("*.json"))
+    assert names == sorted(
+        [
+            "f1-retain",
+            "f1-target",
+            # MOX-LoRA: lr 1e-3 is the only grid point and fails, so the whole α sweep is evaluated
+            "f1-lora-mox-lr1e-3-a2",
+            "f1-lora-mox-lr1e-3-a0.5",
+            "f1-lora-mox_momentum-lr1e-3-a0.5",
+            # full weights start at 1e-4, which passes
+            "f1-full-mox-lr1e-4-a0.5",
+            "f1-full-mox_momentum-lr1e-4-a0.5",
+            # GA-LoRA: 1e-3 fails, so 1e-4 is evaluated and chosen
+            "f1-lora-ga-lr1e-3",
+            "f1-lora-ga-lr1e-4",
+            "f1-full-ga-lr1e-4",
+            "selection",
+        ]
+    )
+    selection = json.loads((seed_dir / "selection.json").read_text())
+    choices = selection["settings"]["f1"]["choices"]
+    assert choices["f1/lora/ga"] == {
+        "run": "f1-lora-ga-lr1e-4",
+        "met_rule": True,
+        "evaluated": ["f1-lora-ga-lr1e-3", "f1-lora-ga-lr1e-4"],
+    }
+    # Nothing passed: the smallest lr and α are kept and flagged; the other variants use that α*.
+    assert choices["f1/lora/mox"]["run"] == "f1-lora-mox-lr1e-3-a0.5"
+    assert choices["f1/lora/mox"]["met_rule"] is False and choices["f1/lora/mox"]["alpha_star"] == 0.5
+    assert choices["f1/lora/mox"]["alpha_sweep"] is True and "alpha_sweep" not in choices["f1/full/mox"]
+    assert choices["f1/full/mox_momentum"]["run"] == "f1-full-mox_momentum-lr1e-4-a0.5"
+    assert "0.9" in selection["rule"] or "0.9 x" in selection["rule"]
+    assert selection["scale"]["unlearn_budget"] == rb.SCALES["toy"].unlearn
+
+    run = json.loads((seed_dir / "f1-lora-ga-lr1e-4.json").read_text())
+    assert run["learning_rate"] == 1e-4 and run["weights"] == "lora" and run["family"] == "ascent"
+    assert run["config"]["training"]["max_steps"] == rb.SCALES["toy"].unlearn["max_steps"]
+    assert set(run["wall_time_s"]) == {"train", "evaluate"} and run["peak_memory_mb"]["evaluate"] > 0
+    assert run["environment"]["versions"]["torch"] and "git_commit" in run["environment"]
+    for key in ("forget_quality", "model_utility", "forget_rougeL_recall", "retain_rougeL_recall"):
+        assert key in run["metrics"]
+    assert run["metrics"]["forget_quality"] is not None  # the retain model's log was the reference
+    plain = json.loads((seed_dir / "f1-lora-mox-lr1e-3-a2.json").read_text())
+    assert plain["variant"] == "mox" and plain["alpha"] == 2.0 and "extrapolated" in plain["note"]
+    # Fine-tuned models live in the cache (never the repository), keyed by the config hash.
+    assert len(list((cache / "finetuned").glob("target-*"))) == 1
+    assert len(list((cache / "finetuned").glob("retain-*"))) == 1
+
+
+def test_toy_benchmark_resumes_without_running_anything(toy_run, monkeypatch):
+    out, cache, seed_dir = toy_run
+    before = {p.name: p.read_text() for p in seed_dir.glob("f1-*.json")}
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished run was started again")
+
+    monkeypatch.setattr(rb, "train", refuse)
+    monkeypatch.setattr(rb, "evaluate", refuse)
+    monkeypatch.setattr(rb, "passes", lambda ctx, result: result.get("learning_rate") != 1e-3)
+    rb.run_benchmark("toy", 0, ["mox", "ga"], out, cache, settings=["f1"])
+    assert {p.name: p.read_text() for p in seed_dir.glob("f1-*.json")} == before
+
+
+def test_make_tables_regenerates_the_readme_from_toy_results(toy_run, tmp_path):
+    out, _, _ = toy_run
+    readme = tmp_path / "README.md"
+    readme.write_text("# Bench\n\nintro\n\n<!-- tables:begin -->\nstale\n<!-- tables:end -->\n\nreading\n")
+    assert make_tables.main(["--results", str(out), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith("# Bench\n\nintro\n") and text.endswith("<!-- tables:end -->\n\nreading\n")
+    assert "stale" not in text
+    assert "#### f1: selected runs" in text and "#### f1: MOX-LoRA α sweep" in text
+    sweep = text.split("#### f1: MOX-LoRA α sweep")[1].split("<details>")[0]
+    assert [line.split("|")[1].strip() for line in sweep.splitlines() if line.startswith("| ")][1:] == ["2", "0.5"]
+    rows = [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| ")]
+    assert rows.index("MOX †") < rows.index("MOX-momentum †") < rows.index("ga") < rows.index("MOX")
+    ga = json.loads((out / "toy" / "seed0" / "f1-lora-ga-lr1e-4.json").read_text())
+    row = next(line for line in text.splitlines() if line.startswith("| ga | lora |"))
+    assert make_tables.fmt_number(ga["metrics"]["model_utility"]) in row
+    assert (out / "toy" / "forget_quality_vs_utility.png").stat().st_size > 1000
+    assert make_tables.main(["--results", str(out), "--readme", str(readme), "--check"]) == 0
+    readme.write_text(text.replace("| ga | lora |", "| ga | LORA |"))
+    assert make_tables.main(["--results", str(out), "--readme", str(readme), "--check"]) == 1
+
+
+def _result(run: str, seed: int, metrics: dict, **fields) -> dict:
+    return {"run": run, "seed": seed, "setting": "s", "metrics": metrics, **fields}
+
+
+def test_make_tables_aggregates_seeds_and_adds_cost_ratios(tmp_path):
+    """Two seeds of one selected GA run: mean ± sample std, and the step/memory ratios of cost.json."""
+    results = tmp_path / "results"
+    for seed, (fq, mu) in enumerate([(0.1, 0.5), (0.3, 0.7)]):
+        folder = results / "demo" / f"seed{seed}"
+        folder.mkdir(parents=True)
+        run = _result(
+            "s-lora-ga-lr1e-4",
+            seed,
+            {"forget_quality": fq, "model_utility": mu},
+            kind="unlearn",
+            method="ga",
+            variant="ga",
+            weights="lora",
+            learning_rate=1e-4,
+        )
+        (folder / "s-lora-ga-lr1e-4.json").write_text(json.dumps(run))
+        choice = {"run": "s-lora-ga-lr1e-4", "met_rule": seed == 0, "evaluated": ["s-lora-ga-lr1e-4"]}
+        selection = {"scale": {}, "settings": {"s": {"utility_threshold": 0.5, "choices": {"s/lora/ga": choice}}}}
+        (folder / "selection.json").write_text(json.dumps(selection))
+    (results / "cost").mkdir()
+    cost = {
+        "methods": [
+            {"method": "ga", "weights": "lora", "status": "ok", "step_time_ratio": 0.6, "peak_memory_ratio": 0.98}
+        ]
+    }
+    (results / "cost" / "cost.json").write_text(json.dumps(cost))
+    body = make_tables.render(results, tmp_path, write_plots=False)
+    row = next(line for line in body.splitlines() if line.startswith("| ga †"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    # mean(0.1, 0.3) = 0.2, sample std = 0.1414; mean(0.5, 0.7) = 0.6, std 0.1414; † since seed 1 missed the rule
+    assert cells[:6] == ["ga †", "lora", "1e-4", "–", "0.2 ± 0.141", "0.6 ± 0.141"]
+    assert cells[-3:] == ["0.6", "0.98", "2"]
+
+
+def test_make_tables_refuses_a_readme_without_markers(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("no markers here\n")
+    with pytest.raises(SystemExit, match="tables:begin"):
+        make_tables.main(["--results", str(tmp_path), "--readme", str(readme)])
+
+
+def test_cost_ratios_are_relative_to_the_finetune_step_of_the_same_weights():
+    import cost
+
+    rows = [
+        {"method": "finetune", "weights": "lora", "status": "ok", "step_time_s": 2.0, "peak_memory_mb": 1000.0},
+        {"method": "mox", "weights": "lora", "status": "ok", "step_time_s": 2.5, "peak_memory_mb": 1100.0},
+        {"method": "finetune", "weights": "full", "status": "ok", "step_time_s": 4.0, "peak_memory_mb": 2000.0},
+        {"method": "mox", "weights": "full", "status": "ok", "step_time_s": 5.0, "peak_memory_mb": 3000.0},
+        {"method": "ga", "weights": "full", "status": "failed (exit 1)"},
+    ]
+    ratios = {
+        (r["method"], r["weights"]): (r.get("step_time_ratio"), r.get("peak_memory_ratio"))
+        for r in cost.with_ratios(rows)
+    }
+    assert ratios[("mox", "lora")] == (1.25, 1.1)
+    assert ratios[("mox", "full")] == (1.25, 1.5)
+    assert ratios[("finetune", "full")] == (1.0, 1.0)
+    assert ratios[("ga", "full")] == (None, None)
