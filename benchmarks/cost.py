@@ -277,7 +277,7 @@ def run_cost(methods: list[str] | None, weights: list[str], model_name: str, out
             "runs": evaluation,
         },
         "wall_time_s": round(time.perf_counter() - start, 1),
-        "environment": environment_info(),
+        "environment": {**environment_info(), "torch_threads": torch.get_num_threads()},
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "cost.json"

@@ -400,10 +400,19 @@ def evaluate(ctx: Context, model_path: str, out_dir: Path, reference_log: str | 
     return summary, round(time.perf_counter() - start, 2), memory.read_mb()
 
 
-def write_result(path: Path, payload: dict) -> None:
-    from llm_unlearn.utils import atomic_write_json, environment_info
+def runtime_info() -> dict:
+    """environment_info() plus the CPU thread count (it changes wall times several-fold on a shared machine)."""
+    import torch
 
-    atomic_write_json(path, {**payload, "environment": environment_info()})
+    from llm_unlearn.utils import environment_info
+
+    return {**environment_info(), "torch_threads": torch.get_num_threads()}
+
+
+def write_result(path: Path, payload: dict) -> None:
+    from llm_unlearn.utils import atomic_write_json
+
+    atomic_write_json(path, {**payload, "environment": runtime_info()})
 
 
 def eval_record(summary: dict) -> dict:
@@ -846,7 +855,7 @@ def run_benchmark(
     if selection_file.is_file():  # keep the choices of settings run by an earlier invocation (--settings)
         earlier = json.loads(selection_file.read_text()).get("settings", {})
         results = {**{k: v for k, v in earlier.items() if k not in results}, **results}
-    from llm_unlearn.utils import atomic_write_json, environment_info
+    from llm_unlearn.utils import atomic_write_json
 
     atomic_write_json(
         selection_file,
@@ -858,7 +867,7 @@ def run_benchmark(
             "methods": chosen_methods,
             "settings": results,
             "wall_time_s_this_invocation": round(time.perf_counter() - start, 1),
-            "environment": environment_info(),
+            "environment": runtime_info(),
         },
     )
     log(f"done in {(time.perf_counter() - start) / 60:.1f} min -> {seed_dir}")
