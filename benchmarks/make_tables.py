@@ -68,6 +68,46 @@ def load_results(results: Path) -> dict:
     return scales
 
 
+def load_surgery(results: Path) -> dict | None:
+    file = results / "surgery_vs_ga.json"
+    return json.loads(file.read_text()) if file.is_file() else None
+
+
+def surgery_section(surgery: dict | None) -> list[str]:
+    """benchmarks/surgery_vs_ga.py: change of forget / retain answer NLL after the same steps as GA."""
+    if not surgery:
+        return ["_No surgery-vs-GA results yet: run `python benchmarks/surgery_vs_ga.py`._", ""]
+    start = surgery.get("start", {})
+    data = surgery.get("data", {})
+    lines = [
+        f"SmolLM2-135M-Instruct + LoRA fine-tuned on {data.get('n_authors')} synthetic authors "
+        f"({data.get('qa_per_author')} QA each, {data.get('forget_authors')} forgotten), then {surgery.get('steps')} "
+        f"steps at lr {fmt_number(surgery.get('learning_rate'))} per method from the same target "
+        f"(start: forget NLL {fmt_number(start.get('forget_nll'))}, retain NLL {fmt_number(start.get('retain_nll'))}).",
+        "",
+    ]
+    rows = [
+        [
+            method,
+            fmt_number(row.get("forget_nll_change")),
+            fmt_number(row.get("retain_nll_change")),
+            {True: "yes", False: "no", None: "–"}[row.get("forget_likelihood_lowered")],
+            {True: "yes", False: "no", None: "–"}[row.get("retain_damage_below_ga")],
+            fmt_number(row.get("train_seconds")),
+        ]
+        for method, row in sorted(surgery.get("results", {}).items(), key=lambda item: item[0] != "ga")
+    ]
+    headers = [
+        "method",
+        "Δ forget NLL ↑",
+        "Δ retain NLL ↓",
+        "forget likelihood lowered",
+        "retain damage < GA",
+        "train s",
+    ]
+    return lines + table(headers, rows) + [""]
+
+
 def load_cost(results: Path) -> dict | None:
     file = results / "cost" / "cost.json"
     return json.loads(file.read_text()) if file.is_file() else None
@@ -217,9 +257,11 @@ def all_runs_rows(scale: dict, setting: str) -> list[list[str]]:
 
 def plot_scale(name: str, scale: dict, out: Path) -> Path | None:
     """Forget quality (log) against model utility: every evaluated run, the selected ones highlighted."""
-    points = []
+    points, thresholds = [], set()
     for seed, runs in scale["runs"].items():
         for setting_name, setting in scale["selection"].get(seed, {}).get("settings", {}).items():
+            if setting.get("utility_threshold") is not None:
+                thresholds.add(setting["utility_threshold"])
             chosen = {c["run"] for c in setting.get("choices", {}).values()}
             for run_name, run in runs.items():
                 metrics = run.get("metrics", {})
@@ -237,16 +279,29 @@ def plot_scale(name: str, scale: dict, out: Path) -> Path | None:
         return None
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(8, 5.5))
+    fig = Figure(figsize=(9, 5.5))
     ax = fig.add_subplot()
-    for label, mu, fq, highlighted in points:
-        ax.scatter([mu], [fq], s=45 if highlighted else 15, alpha=1.0 if highlighted else 0.35)
-        if highlighted:
-            ax.annotate(label, (mu, fq), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    # Selected runs get a colour and marker each and a legend entry (labels next to points collide when runs
+    # barely moved); the other evaluated runs are small grey dots.
+    for _label, mu, fq, highlighted in points:
+        if not highlighted:
+            ax.scatter([mu], [fq], s=14, color="0.6", alpha=0.5)
+    markers = "osD^vP*Xh<>p"
+    selected = sorted({label for label, *_, highlighted in points if highlighted})
+    for i, label in enumerate(selected):
+        xs = [mu for lab, mu, _, high in points if high and lab == label]
+        ys = [fq for lab, _, fq, high in points if high and lab == label]
+        ax.scatter(xs, ys, s=55, marker=markers[i % len(markers)], color=f"C{i % 10}", label=label, alpha=0.85)
+    for threshold in sorted(thresholds):
+        ax.axvline(threshold, color="0.3", linestyle="--", linewidth=1)
+    if thresholds:
+        ax.scatter([], [], s=14, color="0.6", label="other evaluated runs")
+        ax.plot([], [], color="0.3", linestyle="--", linewidth=1, label="utility floor (0.9 × target)")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.set_yscale("log")
     ax.set_xlabel("model utility")
     ax.set_ylabel("forget quality (KS p-value, log scale)")
-    ax.set_title(f"{name} scale: forget quality vs model utility (large dots: selected runs)")
+    ax.set_title(f"{name} scale: forget quality vs model utility (selected runs in colour)")
     ax.grid(True, which="both", alpha=0.3)
     path = out / name / "forget_quality_vs_utility.png"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -257,7 +312,7 @@ def plot_scale(name: str, scale: dict, out: Path) -> Path | None:
 def cost_section(cost: dict | None) -> list[str]:
     if not cost:
         return ["_No cost results yet: run `python benchmarks/cost.py`._", ""]
-    lines = [f"### Cost per optimizer step ({cost.get('description', '')})", ""]
+    lines = [f"Per optimizer step: {cost.get('description', '')}.", ""]
     rows = [
         [
             row["method"],
@@ -276,7 +331,7 @@ def cost_section(cost: dict | None) -> list[str]:
     lines += [""]
     evaluation = cost.get("evaluation")
     if evaluation:
-        lines += [f"### Evaluation throughput ({evaluation.get('description', '')})", ""]
+        lines += ["### Evaluation throughput", "", f"{evaluation.get('description', '')}.", ""]
         rows = [
             [
                 str(row["batch_size"]),
@@ -290,6 +345,19 @@ def cost_section(cost: dict | None) -> list[str]:
     env = cost.get("environment", {})
     lines += [f"Measured on: {env.get('device')} ({env.get('cpu_count')} CPUs), commit `{env.get('git_commit')}`.", ""]
     return lines
+
+
+def devices_line(scale: dict) -> str:
+    """Where the runs of a scale were measured, from their recorded environments."""
+    machines = sorted(
+        {
+            f"{env.get('device')} ({env.get('cpu_count')} CPUs, torch {env.get('versions', {}).get('torch')})"
+            for runs in scale["runs"].values()
+            for run in runs.values()
+            for env in [run.get("environment") or {}]
+        }
+    )
+    return f"Measured on: {'; '.join(machines)}."
 
 
 def render(results: Path, readme_dir: Path, write_plots: bool = True) -> str:
@@ -312,6 +380,7 @@ def render(results: Path, readme_dir: Path, write_plots: bool = True) -> str:
             lines += [manifest["description"] + ".", ""]
         if name == "toy":
             lines += ["_Plumbing only (a random tiny model): these numbers mean nothing._", ""]
+        lines += [devices_line(scale), ""]
         budget = manifest.get("unlearn_budget")
         if budget:
             lines += [
@@ -353,6 +422,7 @@ def render(results: Path, readme_dir: Path, write_plots: bool = True) -> str:
             if plot.is_file():
                 relative = plot.relative_to(readme_dir) if plot.is_relative_to(readme_dir) else plot
                 lines += [f"![{name}: forget quality vs model utility]({relative.as_posix()})", ""]
+    lines += ["### Gradient surgery and SFR-on against GA", ""] + surgery_section(load_surgery(results))
     lines += ["### Cost", ""] + cost_section(cost)
     return "\n".join(lines).rstrip() + "\n"
 

@@ -19,7 +19,7 @@ Model selection (never looks at the retain model): every run is the last checkpo
 The learning rate of a method is the largest in its family's grid whose model utility stays at or above
 UTILITY_FRACTION (90 %) of the target model's; the grid is evaluated from the largest learning rate down and
 stops at the first that passes (so only what the rule needs is evaluated). When none passes, the smallest is
-kept and flagged. MOX: the α sweep {8, 4, 2, 1, 0.5} (largest first) is evaluated in full for MOX-LoRA plain
+kept and flagged. MOX: the scale's α sweep (largest first) is evaluated in full for MOX-LoRA plain
 and α* is the largest α that passes the same rule; MOX-LoRA momentum and MOX full weights (plain, momentum)
 use α*. Plain and momentum MOX share one memorization run: momentum never changes the training trajectory,
 so the plain θ_for is extrapolated from that run's saved θ_mem (the extrapolate stage, no training).
@@ -137,7 +137,7 @@ TOY = Scale(
         ("descent", "full"): (1e-4, 1e-5),
         ("mox", "full"): (1e-4, 1e-5),
     },
-    alphas=(2.0, 0.5),  # a short sweep: the toy checks plumbing, the real scales sweep {8, 4, 2, 1, 0.5}
+    alphas=(2.0, 0.5),  # a short sweep: the toy checks plumbing, the real scales sweep 0.5 to 8 or 16
     eval_options={"batch_size": 4, "max_new_tokens": 4},
     eval_rows={"real_authors": 3, "world_facts": 3},
     lora={"r": 4, "lora_alpha": 8},
@@ -164,12 +164,14 @@ CPU = Scale(
     finetune={"learning_rate": 2e-3, "num_train_epochs": 3, "per_device_train_batch_size": 8},
     unlearn={"max_steps": 5, "per_device_train_batch_size": 4, "warmup_steps": 0},
     lr_grid={
-        ("ascent", "lora"): (3e-4, 1e-4),
-        ("descent", "lora"): (1e-3, 3e-4),
+        # Every baseline grid starts above MOX-LoRA's learning rate: at 1e-3 all of them still kept 0.9x the
+        # target's utility after 5 steps, so the utility rule only binds from 3e-3.
+        ("ascent", "lora"): (3e-3, 1e-3, 3e-4, 1e-4),
+        ("descent", "lora"): (3e-3, 1e-3, 3e-4),
         ("mox", "lora"): (1e-3,),
         ("mox", "full"): (3e-5, 1e-5),
     },
-    alphas=(8.0, 4.0, 2.0, 1.0, 0.5),
+    alphas=(16.0, 8.0, 4.0, 2.0, 1.0, 0.5),
     eval_options={"batch_size": 10, "max_new_tokens": 40},
     eval_rows={"forget": 20, "holdout": 20, "retain": 8, "real_authors": 8, "world_facts": 8},
     method_settings={"sfron": {"fisher_samples": 16, "fisher_batch_size": 4}},
@@ -488,22 +490,34 @@ def unlearn_config(ctx: Context, method: str, weights: str, lr: float, work: Pat
     }
 
 
-def train(config: dict) -> tuple[Path, float, float]:
-    """run_unlearn in a fresh folder unless it already finished there (run_info.json). Returns (dir, s, MB)."""
+def reusable(work: Path, config: dict, exports: list[Path]) -> dict | None:
+    """The run_info of a finished run in `work` made from this same config whose `exports` all still exist."""
+    info_file = work / "run_info.json"
+    if not info_file.is_file():
+        return None
+    info = json.loads(info_file.read_text())
+    same = info.get("bench_config") == json.loads(json.dumps(config, default=str))
+    return info if same and all(path.is_dir() for path in exports) else None
+
+
+def train(config: dict, exports: list[Path] = ()) -> tuple[Path, float, float]:
+    """run_unlearn in a fresh folder unless the same config already finished there with `exports` still on disk
+    (evaluated exports are deleted, and an α sweep may change between invocations). Returns (dir, s, MB)."""
     from llm_unlearn.pipeline import RunOptions, parse_config, run_unlearn
 
     work = Path(config["training"]["output_dir"])
-    info_file = work / "run_info.json"
-    if info_file.is_file():
+    info = reusable(work, config, list(exports))
+    if info is not None:
         log(f"reusing the finished run {work}")
-        info = json.loads(info_file.read_text())
         return work, info.get("wall_time_s"), info.get("bench_peak_memory_mb")
     memory = PeakMemory()
     start = time.perf_counter()
     run_unlearn(parse_config(copy.deepcopy(config)), RunOptions(overwrite=True))
     seconds, peak = round(time.perf_counter() - start, 2), memory.read_mb()
+    info_file = work / "run_info.json"
     info = json.loads(info_file.read_text())
     info["bench_peak_memory_mb"] = peak
+    info["bench_config"] = json.loads(json.dumps(config, default=str))
     info_file.write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
     return work, seconds, peak
 
@@ -514,12 +528,15 @@ def extrapolate_plain(ctx: Context, config: dict, alphas: list[float]) -> Path:
 
     work = Path(config["training"]["output_dir"])
     out = work.parent / f"{work.name}-plain"
-    if (out / "run_info.json").is_file():
-        return out
     plain = copy.deepcopy(config)
     plain["training"].update({"output_dir": str(out), "momentum": False, "alpha": alphas[0], "alphas": alphas[1:]})
     plain["extrapolate"] = {"memorization": str(work / "memorization")}
-    run_extrapolate(parse_config(plain), RunOptions(overwrite=True))
+    if reusable(out, plain, [export_dir(out, alpha, alphas[0]) for alpha in alphas]) is None:
+        run_extrapolate(parse_config(copy.deepcopy(plain)), RunOptions(overwrite=True))
+        info_file = out / "run_info.json"
+        info = json.loads(info_file.read_text())
+        info["bench_config"] = json.loads(json.dumps(plain, default=str))
+        info_file.write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
     return out
 
 
@@ -679,7 +696,8 @@ def run_mox_grid_point(ctx: Context, weights: str, lr: float, plain_alphas: list
     )
     try:
         log(f"training MOX memorization {work.name}")
-        work, seconds, peak = train(config)
+        momentum_exports = [export_dir(work, a, momentum_alphas[0]) for v, a in missing if v == "mox_momentum"]
+        work, seconds, peak = train(config, momentum_exports)
         plain_dir = extrapolate_plain(ctx, config, plain_alphas) if any(v == "mox" for v, _ in missing) else None
         for variant, alpha in missing:
             name = f"{names[variant]}-a{alpha_tag(alpha)}"

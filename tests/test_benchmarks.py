@@ -37,7 +37,23 @@ def test_every_registered_method_has_a_family_and_every_scale_a_grid():
             for weights in scale.baseline_weights if method != "mox" else scale.mox_weights:
                 grid = scale.lr_grid[(rb.FAMILIES[method], weights)]
                 assert list(grid) == sorted(grid, reverse=True), f"{scale.name}: grids run largest first"
-    assert rb.SCALES["cpu"].alphas == rb.SCALES["gpu"].alphas == (8.0, 4.0, 2.0, 1.0, 0.5)
+    paper_sweep = {8.0, 4.0, 2.0, 1.0, 0.5}
+    for scale in ("cpu", "gpu"):
+        alphas = rb.SCALES[scale].alphas
+        assert paper_sweep <= set(alphas) and list(alphas) == sorted(alphas, reverse=True)
+
+
+def test_a_finished_run_is_reused_only_with_the_same_config_and_its_exports(tmp_path):
+    """An α sweep that changes between invocations, or an export deleted after evaluation, forces a rerun."""
+    config = {"training": {"output_dir": str(tmp_path), "alpha": 8.0}}
+    export = tmp_path / "unlearned"
+    assert rb.reusable(tmp_path, config, [export]) is None  # nothing finished yet
+    (tmp_path / "run_info.json").write_text(json.dumps({"bench_config": config, "wall_time_s": 3.0}))
+    assert rb.reusable(tmp_path, config, [export]) is None  # the export is gone
+    export.mkdir()
+    assert rb.reusable(tmp_path, config, [export])["wall_time_s"] == 3.0
+    changed = {"training": {**config["training"], "alpha": 16.0}}
+    assert rb.reusable(tmp_path, changed, [export]) is None
 
 
 @pytest.fixture(scope="module")

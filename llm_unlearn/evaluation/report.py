@@ -152,9 +152,11 @@ def _plot_quality_vs_utility(runs: list[Run], out: Path) -> Path | None:
 
     fig = Figure(figsize=(6, 4.5))
     ax = fig.add_subplot()
-    for name, utility, quality in points:
-        ax.scatter([utility], [max(quality, 1e-300)], s=40)
-        ax.annotate(name, (utility, max(quality, 1e-300)), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    # A legend rather than labels next to the points: runs that barely moved sit on top of each other.
+    markers = "osD^vP*X"
+    for i, (name, utility, quality) in enumerate(points):
+        ax.scatter([utility], [max(quality, 1e-300)], s=45, marker=markers[i % len(markers)], label=name, alpha=0.8)
+    ax.legend(fontsize=8, loc="best")
     ax.set_yscale("log")
     ax.set_xlabel("model utility")
     ax.set_ylabel("forget quality (KS p-value, log scale)")
