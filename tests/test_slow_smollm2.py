@@ -4,7 +4,6 @@ One short LoRA fine-tune on synthetic authors is shared by the tests of this mod
 measures are printed (pytest -s) so they can be reported.
 """
 
-
 import pytest
 import torch
 
