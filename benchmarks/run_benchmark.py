@@ -490,14 +490,28 @@ def unlearn_config(ctx: Context, method: str, weights: str, lr: float, work: Pat
     }
 
 
+def as_json(config: dict) -> dict:
+    """The config as it reads back from JSON, so a stored config compares equal to a fresh one."""
+    return json.loads(json.dumps(config, default=str))
+
+
 def reusable(work: Path, config: dict, exports: list[Path]) -> dict | None:
     """The run_info of a finished run in `work` made from this same config whose `exports` all still exist."""
     info_file = work / "run_info.json"
     if not info_file.is_file():
         return None
     info = json.loads(info_file.read_text())
-    same = info.get("bench_config") == json.loads(json.dumps(config, default=str))
+    same = info.get("bench_config") == as_json(config)
     return info if same and all(path.is_dir() for path in exports) else None
+
+
+def stamp_run_info(work: Path, config: dict, **fields) -> None:
+    """Add the config the benchmark ran (what `reusable` compares) and `fields` to the stage's run_info.json."""
+    from llm_unlearn.utils import atomic_write_json
+
+    info_file = work / "run_info.json"
+    info = json.loads(info_file.read_text())
+    atomic_write_json(info_file, {**info, **fields, "bench_config": as_json(config)})
 
 
 def train(config: dict, exports: list[Path] = ()) -> tuple[Path, float, float]:
@@ -514,11 +528,7 @@ def train(config: dict, exports: list[Path] = ()) -> tuple[Path, float, float]:
     start = time.perf_counter()
     run_unlearn(parse_config(copy.deepcopy(config)), RunOptions(overwrite=True))
     seconds, peak = round(time.perf_counter() - start, 2), memory.read_mb()
-    info_file = work / "run_info.json"
-    info = json.loads(info_file.read_text())
-    info["bench_peak_memory_mb"] = peak
-    info["bench_config"] = json.loads(json.dumps(config, default=str))
-    info_file.write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
+    stamp_run_info(work, config, bench_peak_memory_mb=peak)
     return work, seconds, peak
 
 
@@ -533,10 +543,7 @@ def extrapolate_plain(ctx: Context, config: dict, alphas: list[float]) -> Path:
     plain["extrapolate"] = {"memorization": str(work / "memorization")}
     if reusable(out, plain, [export_dir(out, alpha, alphas[0]) for alpha in alphas]) is None:
         run_extrapolate(parse_config(copy.deepcopy(plain)), RunOptions(overwrite=True))
-        info_file = out / "run_info.json"
-        info = json.loads(info_file.read_text())
-        info["bench_config"] = json.loads(json.dumps(plain, default=str))
-        info_file.write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
+        stamp_run_info(out, plain)
     return out
 
 
@@ -625,40 +632,46 @@ def passes(ctx: Context, result: dict) -> bool:
     return utility >= UTILITY_FRACTION * ctx.target_utility
 
 
+def choose_along_grid(ctx: Context, choice: str, grid, run_at, **details) -> None:
+    """The selection rule: evaluate `run_at(lr)` over `grid` largest first and keep the first run that passes;
+    when none does, keep the last (smallest) one, flagged. Records the choice under `<setting>/<choice>`."""
+    evaluated, met = [], False
+    for lr in grid:
+        result = run_at(lr)
+        evaluated.append(result["run"])
+        if passes(ctx, result):
+            met = True
+            break
+    ctx.choices[f"{ctx.setting.name}/{choice}"] = {
+        "run": evaluated[-1],
+        "met_rule": met,
+        "evaluated": evaluated,
+        **details,
+    }
+
+
 def run_baseline(ctx: Context, method: str, weights: str) -> None:
     """One non-MOX method over its learning-rate grid, largest first, until the utility rule passes."""
-    grid = ctx.scale.lr_grid[(FAMILIES[method], weights)]
-    evaluated = []
-    chosen = None
-    for lr in grid:
+
+    def run_at(lr: float) -> dict:
         name = f"{ctx.setting.name}-{weights}-{method}-lr{lr_tag(lr)}"
         path = ctx.result_path(name)
         if path.is_file():
-            result = json.loads(path.read_text())
-        else:
-            work = ctx.work_dir / name
-            config = unlearn_config(ctx, method, weights, lr, work, {})
-            try:
-                log(f"training {name}")
-                work, seconds, peak = train(config)
-                result = record_run(
-                    ctx, name, method, method, weights, lr, None, config, work / "unlearned", seconds, peak, work
-                )
-            except Exception as error:  # one broken method must not stop the benchmark
-                result = failure(ctx, name, method, weights, lr, error)
-            finally:
-                shutil.rmtree(work, ignore_errors=True)
-        evaluated.append(name)
-        if passes(ctx, result):
-            chosen = (name, True)
-            break
-    if chosen is None:
-        chosen = (evaluated[-1], False)
-    ctx.choices[f"{ctx.setting.name}/{weights}/{method}"] = {
-        "run": chosen[0],
-        "met_rule": chosen[1],
-        "evaluated": evaluated,
-    }
+            return json.loads(path.read_text())
+        work = ctx.work_dir / name
+        config = unlearn_config(ctx, method, weights, lr, work, {})
+        try:
+            log(f"training {name}")
+            work, seconds, peak = train(config)
+            return record_run(
+                ctx, name, method, method, weights, lr, None, config, work / "unlearned", seconds, peak, work
+            )
+        except Exception as error:  # one broken method must not stop the benchmark
+            return failure(ctx, name, method, weights, lr, error)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    choose_along_grid(ctx, f"{weights}/{method}", ctx.scale.lr_grid[(FAMILIES[method], weights)], run_at)
 
 
 def mox_names(ctx: Context, weights: str, lr: float) -> dict[str, str]:
@@ -759,24 +772,13 @@ def run_mox(ctx: Context) -> None:
         variants = ("mox_momentum",) if weights == first_weights else MOX_VARIANTS
         grid = (lr_star,) if weights == first_weights else ctx.scale.lr_grid[("mox", weights)]
         for variant in variants:
-            evaluated, picked = [], None
-            for lr in grid:
-                plain = [alpha_star] if variant == "mox" else []
-                momentum = alpha_star if variant == "mox_momentum" else None
-                results = run_mox_grid_point(ctx, weights, lr, plain, momentum)
-                result = results[(variant, alpha_star)]
-                evaluated.append(result["run"])
-                if passes(ctx, result):
-                    picked = (result["run"], True)
-                    break
-            if picked is None:
-                picked = (evaluated[-1], False)
-            ctx.choices[f"{ctx.setting.name}/{weights}/{variant}"] = {
-                "run": picked[0],
-                "met_rule": picked[1],
-                "evaluated": evaluated,
-                "alpha_star": alpha_star,
-            }
+            plain = [alpha_star] if variant == "mox" else []
+            momentum = alpha_star if variant == "mox_momentum" else None
+
+            def run_at(lr: float, weights=weights, variant=variant, plain=plain, momentum=momentum) -> dict:
+                return run_mox_grid_point(ctx, weights, lr, plain, momentum)[(variant, alpha_star)]
+
+            choose_along_grid(ctx, f"{weights}/{variant}", grid, run_at, alpha_star=alpha_star)
 
 
 # --- driver --------------------------------------------------------------------------------------------------
