@@ -115,6 +115,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         RunExistsError,
         FileNotFoundError,
         KeyError,
+        # Any other bad value caught by a check (a reference log from other settings, ...); --verbose re-raises.
+        ValueError,
     )
 
 
@@ -124,10 +126,11 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
     except _user_errors() as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"[llm-unlearn] error: {message}", file=sys.stderr, flush=True)
+        # One line whatever the message holds (YAML and transformers messages span several).
+        print(f"[llm-unlearn] error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
         if args.verbose:
             raise
-        return 2
+        return 1
 
 
 def _run(args: argparse.Namespace) -> int:

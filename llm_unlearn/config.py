@@ -11,19 +11,23 @@ A config file has one section per dataclass:
     finetune:  FinetuneSettings (finetune stage only)
 
 Overrides are `section.field=value` strings parsed as YAML values (`training.learning_rate=2e-5`).
-Unknown sections or fields stop with an error that lists the valid names.
+Unknown sections or fields stop with an error that lists the valid names. Every value is converted to its
+field's declared type, as HfArgumentParser does (YAML 1.1 reads `1e-5` as a string; a float field takes it as
+a number), and a value that does not fit the type, or its range, stops with a one-line ConfigError.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from .coerce import TypeMismatch, coerce, describe_type, field_types
 from .models import LoraSettings
 
 SECTIONS = ("model", "data", "format", "method", "training", "evaluation", "finetune", "extrapolate")
@@ -81,8 +85,14 @@ class ModelConfig:
     def __post_init__(self):
         if isinstance(self.lora, dict):
             self.lora = build_dataclass(LoraSettings, self.lora, "model.lora")
+        if not self.name_or_path:
+            raise ConfigError("model.name_or_path is empty: give a toolkit model name, a model folder or a Hub id")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ConfigError(f"model.dtype must be float32, bfloat16 or float16, not {self.dtype!r}")
+        if self.quantization not in (None, "4bit", "8bit"):
+            raise ConfigError(f"model.quantization must be null, 4bit or 8bit, not {self.quantization!r}")
+        if self.lora is not None:
+            check_lora_ranges(self.lora)
         if self.quantization is not None and self.lora is None:
             raise ConfigError("model.quantization needs model.lora: a quantized base can only train an adapter (QLoRA)")
 
@@ -107,6 +117,34 @@ class ExtrapolateSettings:
     memorization: str | None = None
 
 
+def check_lora_ranges(lora: LoraSettings, where: str = "model.lora") -> None:
+    """peft accepts r = 0 or a dropout of 1 and fails (or trains nothing) only once the model is loaded."""
+    if lora.r < 1:
+        raise ConfigError(f"{where}.r must be at least 1 (got {lora.r})")
+    if not lora.lora_alpha > 0:
+        raise ConfigError(f"{where}.lora_alpha must be > 0 (got {lora.lora_alpha})")
+    if not 0 <= lora.lora_dropout < 1:
+        raise ConfigError(f"{where}.lora_dropout must be in [0, 1) (got {lora.lora_dropout})")
+
+
+def _show(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def convert_value(value, tp, where: str):
+    """`value` (from YAML or an override) as type `tp`, or a ConfigError naming `where` and the expected type."""
+    try:
+        return coerce(value, tp)
+    except TypeMismatch:
+        hint = " (quote it: YAML reads an unquoted yes/no/on/off as true/false)" if isinstance(value, bool) else ""
+        raise ConfigError(f"{where} must be {describe_type(tp)}, not {_show(value)}{hint}") from None
+
+
 def _resolve_type(tp):
     """Strip Optional[...] / X | None to the concrete dataclass type, if any."""
     args = typing.get_args(tp)
@@ -116,8 +154,12 @@ def _resolve_type(tp):
     return tp
 
 
-def build_dataclass(cls, values: dict | None, where: str):
-    """cls(**values) with a readable error for unknown fields."""
+def build_dataclass(cls, values: dict | None, where: str, check=None):
+    """cls(**values), each value converted to its field's declared type, with a readable error for unknown
+    fields and for values that do not fit. `check(fields)`, given the converted values over the field defaults
+    as attributes, runs before the class's own __post_init__ (so it names a bad range first)."""
+    if values is not None and not isinstance(values, dict):
+        raise ConfigError(f"{where} must be a mapping of {cls.__name__} fields, not {_show(values)}")
     values = dict(values or {})
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(values) - names)
@@ -135,31 +177,95 @@ def build_dataclass(cls, values: dict | None, where: str):
             f"{where}: unknown field(s) {unknown}. {suggestions + ' ' if suggestions else ''}"
             f"Valid fields of {cls.__name__}: {listing}"
         )
-    hints = typing.get_type_hints(cls)
+    hints = field_types(cls)
     for key, value in list(values.items()):
         target = _resolve_type(hints.get(key))
         if dataclasses.is_dataclass(target) and isinstance(value, dict):
             values[key] = build_dataclass(target, value, f"{where}.{key}")
+        elif key in hints:
+            values[key] = convert_value(value, hints[key], f"{where}.{key}")
+    if check is not None:
+        defaults = {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+        check(types.SimpleNamespace(**{**defaults, **values}))
     try:
         return cls(**values)
     except (TypeError, ValueError) as err:
-        raise ConfigError(f"{where}: {err}") from err
+        message = str(err)
+        raise ConfigError(message if message.startswith(f"{where}.") else f"{where}: {message}") from err
+
+
+# TrainingArguments fields whose bad values torch or the Trainer reject only once the model is loaded, or never.
+_AT_LEAST_ONE = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps")
+_POSITIVE = ("learning_rate", "logging_steps", "save_steps", "eval_steps")
+_NON_NEGATIVE = ("weight_decay", "adam_epsilon", "max_grad_norm", "seed", "data_seed", "dataloader_num_workers")
+_BELOW_ONE = ("adam_beta1", "adam_beta2", "label_smoothing_factor")
+
+
+def check_training_ranges(args, where: str = "training") -> None:
+    """Ranges of a TrainingArguments (or method config): learning rate > 0, batch sizes >= 1, max_steps -1 or
+    >= 1, warm-up a ratio in [0, 1) or a whole number of steps, betas in [0, 1), ..."""
+
+    def fail(name: str, requirement: str):
+        raise ConfigError(f"{where}.{name} must be {requirement} (got {getattr(args, name)})")
+
+    def present(name: str):
+        return getattr(args, name, None) is not None
+
+    for name in _AT_LEAST_ONE:
+        if present(name) and getattr(args, name) < 1:
+            fail(name, "at least 1")
+    for name in _POSITIVE:
+        if present(name) and not getattr(args, name) > 0:
+            fail(name, "> 0")
+    for name in _NON_NEGATIVE:
+        if present(name) and getattr(args, name) < 0:
+            fail(name, ">= 0")
+    for name in _BELOW_ONE:
+        if present(name) and not 0 <= getattr(args, name) < 1:
+            fail(name, "in [0, 1)")
+    if args.max_steps != -1 and args.max_steps < 1:
+        fail("max_steps", "-1 (train for num_train_epochs) or a number of optimizer steps >= 1")
+    if args.max_steps == -1 and not args.num_train_epochs > 0:
+        fail("num_train_epochs", "> 0 (or set max_steps)")
+    if args.num_train_epochs < 0:
+        fail("num_train_epochs", ">= 0")
+    warmup = args.warmup_steps
+    if warmup < 0 or (warmup >= 1 and not float(warmup).is_integer()):
+        fail("warmup_steps", "a ratio of all steps in [0, 1) or a whole number of steps")
 
 
 def parse_override(text: str) -> tuple[list[str], object]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like section.field=value (e.g. training.learning_rate=2e-5)")
     key, raw = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(raw)
+    keys = key.strip().split(".")
+    if not all(keys):
+        raise ConfigError(f"override {text!r}: {key.strip()!r} is not a section.field name")
+    try:
+        return keys, yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({_yaml_problem(err)})") from None
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err)
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else " ".join(problem.split())
 
 
 def check_sections(raw, where: str) -> None:
     """A config is a mapping of known sections; a misspelt one would otherwise be ignored silently."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: the top level must be a mapping of sections ({', '.join(SECTIONS)})")
-    unknown = sorted(set(raw) - set(SECTIONS))
+    unknown = sorted(str(name) for name in set(raw) - set(SECTIONS))
     if unknown:
         raise ConfigError(f"{where}: unknown section(s) {unknown}; valid sections: {', '.join(SECTIONS)}")
+    for name, value in raw.items():
+        if name == "method":
+            if value is not None and not isinstance(value, str):
+                raise ConfigError(f"{where}: method must be a method name (`llm-unlearn methods`), not {_show(value)}")
+        elif value is not None and not isinstance(value, dict):
+            raise ConfigError(f"{where}: section {name!r} must be a mapping of field: value, not {_show(value)}")
 
 
 def load_yaml(path: str | Path, overrides: list[str] | None = None) -> dict:
@@ -169,7 +275,7 @@ def load_yaml(path: str | Path, overrides: list[str] | None = None) -> dict:
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+        raise ConfigError(f"{path}: not valid YAML ({_yaml_problem(err)})") from None
     check_sections(raw, str(path))
     for text in overrides or []:
         keys, value = parse_override(text)

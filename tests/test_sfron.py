@@ -178,7 +178,7 @@ def test_lora_forget_step_moves_only_salient_adapter_rows(tokenizer, tmp_path):
     trainer.state.max_steps, trainer.state.global_step = 4, 1  # a_1 = (1 + cos(π/4))/2
     batch = PairedCollator(tokenizer.pad_token_id)([paired(tokenizer)[i] for i in range(2)])["forget"]
 
-    # Expected SGD step, by hand: weighted-GA gradient, B rows masked, A zeroed, clipped, lr·a_t.
+    # Expected SGD step, by hand: a_t × the weighted-GA gradient, B rows masked, A zeroed, clipped, times lr.
     params = [p for p in model.parameters() if p.requires_grad]
     nll = trainer.stats(model, batch)[0]
     grads = dict(zip(map(id, params), torch.autograd.grad(-(adaptive_weights(nll, 0.5) * nll).mean(), params)))
@@ -187,14 +187,14 @@ def test_lora_forget_step_moves_only_salient_adapter_rows(tokenizer, tmp_path):
         grads[id(lora_b)] = grads[id(lora_b)] * rows[name].unsqueeze(1)
         grads[id(lora_a)] = torch.zeros_like(lora_a)
     norm = math.sqrt(sum(float(g.pow(2).sum()) for g in grads.values()))
-    assert norm > clip  # the clip is active
-    a_t = (1 + math.cos(math.pi / 4)) / 2
-    expected = {i: -lr * a_t * (clip / norm) * g for i, g in grads.items()}
+    a_t = (1 + math.cos(math.pi / 4)) / 2  # scales the loss, so the gradient, before the clip
+    assert a_t * norm > clip  # the clip is active
+    expected = {i: -lr * (clip / (a_t * norm)) * a_t * g for i, g in grads.items()}
     before = {id(p): p.detach().clone() for p in params}
 
     trainer.forget_step(model, batch)
     assert all(p.grad is None for p in params)
-    assert trainer.optimizer.param_groups[0]["lr"] == lr  # the a_t scaling was undone
+    assert trainer.optimizer.param_groups[0]["lr"] == lr  # the step is at the current learning rate
     for name, module in modules.items():
         lora_a, lora_b = lora_pair(module, "default")
         delta_b = lora_b.detach() - before[id(lora_b)]

@@ -228,6 +228,7 @@ def test_surgery_refuses_sharded_gradients_and_fp16(tmp_path):
             accelerator=accelerator,
             is_fsdp_enabled=fsdp,
             is_deepspeed_enabled=deepspeed,
+            shards_parameters=lambda: fsdp,  # torch's own fully_shard: tests/test_sharded.py
             args=SimpleNamespace(fp16=fp16),
         )
 

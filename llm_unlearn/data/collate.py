@@ -3,7 +3,7 @@
 Labels cover exactly the answer tokens plus the first end-of-turn token; everything else is -100.
 Padding is found through the attention mask, never by comparing ids with eos (SmolLM2's pad is its eos).
 The `open_unlearning` label mode reproduces that toolkit's span and mask so numbers can be compared with
-results published with it (DESIGN.md §5); it is never the default.
+results published with it; it is never the default.
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ class PromptFormat:
     """How a question/answer pair becomes tokens.
 
     use_chat_template: render with the tokenizer's chat template when it has one, else
-        "Question: {q}\\nAnswer: {a}" followed by eos.
+        "Question: {q}\\nAnswer: {a}" followed by eos (and preceded by BOS when the tokenizer adds one, as
+        a base Llama-2-style tokenizer does).
     system_prompt: None keeps the template's own default (SmolLM2 inserts one); a string replaces it.
     label_mode: "answer_eot" (correct span, default) or "open_unlearning" (its span and pad-id mask).
     max_length: sequences longer than this are cut at the end (the answer tail loses its labels).
@@ -80,46 +81,71 @@ def prompt_text(tokenizer, question: str, fmt: PromptFormat) -> str:
     return f"Question: {question}\nAnswer:"
 
 
+def leading_special_ids(tokenizer) -> list[int]:
+    """The ids the tokenizer itself puts before any text (Llama-2's BOS); [] when it adds none (SmolLM2)."""
+    bare = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a", add_special_tokens=True)["input_ids"]
+    for start in range(len(full) - len(bare) + 1):
+        if full[start : start + len(bare)] == bare:
+            return list(full[:start])
+    return []
+
+
 def encode_prompt(tokenizer, question: str, fmt: PromptFormat) -> list[int]:
-    return tokenizer(prompt_text(tokenizer, question, fmt), add_special_tokens=False)["input_ids"]
+    """Token ids of the prompt, as `encode_qa` starts them (so generation sees what scoring sees)."""
+    # A chat template writes its own BOS into the text; the plain-text prompt gets the tokenizer's.
+    prefix = [] if _uses_template(tokenizer, fmt) else leading_special_ids(tokenizer)
+    return prefix + tokenizer(prompt_text(tokenizer, question, fmt), add_special_tokens=False)["input_ids"]
 
 
 def encode_qa(tokenizer, question: str, answer: str, fmt: PromptFormat) -> dict:
-    """Token ids of prompt + answer + end-of-turn, and labels on the answer and end-of-turn only."""
+    """Token ids of prompt + answer + end-of-turn, and labels on the answer and end-of-turn only.
+
+    Also returns `end_tokens`: how many trailing labelled tokens the answer-only metrics (extraction strength,
+    exact memorization, Min-K%, Min-K%++) leave out. That is the end-of-turn/eos token(s) after the answer; in
+    the open_unlearning mode it is the last labelled token, which that toolkit drops from those four metrics.
+    """
     prompt = prompt_text(tokenizer, question, fmt)
-    if _uses_template(tokenizer, fmt):
+    eos = tokenizer.eos_token_id
+    templated = _uses_template(tokenizer, fmt)
+    if templated:
         full = tokenizer.apply_chat_template(_messages(fmt, question, answer), tokenize=False)
         if not full.startswith(prompt):
             raise ValueError("the chat template renders the prompt differently with and without the answer")
         answer_start = len(prompt)
         answer_end = full.index(answer, answer_start) + len(answer) if answer else answer_start
-        append_eos = False
+        prefix = []
     else:
         full = f"{prompt} {answer}"
         answer_start, answer_end = len(prompt) + 1, len(full)
-        append_eos = True
+        prefix = leading_special_ids(tokenizer)  # what tokenizer(text) would add: a base model's BOS
     enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
-    ids = list(enc["input_ids"])
-    offsets = enc["offset_mapping"]
-    labelled = [start < answer_end and end > answer_start for start, end in offsets]
-    if append_eos:
-        ids.append(tokenizer.eos_token_id)
-        labelled.append(True)
-    else:
+    ids = prefix + list(enc["input_ids"])
+    offsets = [(0, 0)] * len(prefix) + list(enc["offset_mapping"])
+    # The prefix's (0, 0) offsets never overlap the answer: it starts after "Answer:".
+    is_answer = [start < answer_end and end > answer_start for start, end in offsets]
+    labelled = list(is_answer)
+    if templated:
         # The first token that ends after the answer is the end-of-turn token (<|im_end|> for ChatML).
         after = [i for i, (start, _) in enumerate(offsets) if start >= answer_end]
         if not after:
             raise ValueError("the chat template put no end-of-turn token after the answer")
         labelled[after[0]] = True
         if fmt.label_mode == "open_unlearning":
-            # open-unlearning labels everything after the answer and appends one more eos.
+            # open-unlearning labels everything after the answer, and appends eos unless the text ends with it.
             for i in after:
                 labelled[i] = True
-            ids.append(tokenizer.eos_token_id)
-            labelled.append(True)
-    ids, labelled = ids[: fmt.max_length], labelled[: fmt.max_length]
+    if (not templated or fmt.label_mode == "open_unlearning") and ids[-1] != eos:
+        ids.append(eos)
+        labelled.append(True)
+        is_answer.append(False)
+    ids, labelled, is_answer = ids[: fmt.max_length], labelled[: fmt.max_length], is_answer[: fmt.max_length]
     labels = [tok if keep else IGNORE_INDEX for tok, keep in zip(ids, labelled)]
-    return {"input_ids": ids, "labels": labels}
+    if fmt.label_mode == "open_unlearning":
+        end_tokens = min(1, sum(labelled))
+    else:
+        end_tokens = sum(keep and not own for keep, own in zip(labelled, is_answer))
+    return {"input_ids": ids, "labels": labels, "end_tokens": end_tokens}
 
 
 class QADataset(Dataset):

@@ -2,7 +2,8 @@
 
 per_sample.json maps set -> metric -> str(index) -> value. Every evaluated set also carries a
 `question_hash` entry (sha256 prefix of the question, prompt or text), so that a reference log can be checked
-to come from the same split before composite metrics compare the two.
+to come from the same split before composite metrics compare the two. The settings that change the compared
+values (label mode, prompt format, min_k, ...) are checked against the reference's summary.json the same way.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,6 +61,18 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     return rows
 
 
+class ReferenceMismatchError(ValueError):
+    """The reference log was evaluated with a setting that changes the values a composite metric compares."""
+
+
+class _NotRecorded:
+    def __repr__(self) -> str:
+        return "NOT_RECORDED"
+
+
+NOT_RECORDED = _NotRecorded()
+
+
 @dataclass
 class ReferenceLog:
     """The retain model's per-sample log (and its summary when present beside it)."""
@@ -70,9 +84,15 @@ class ReferenceLog:
     def values(self, set_name: str, metric: str) -> dict[str, Any] | None:
         return self.per_sample.get(set_name, {}).get(metric)
 
-    @property
-    def label_mode(self) -> str | None:
-        return (self.summary or {}).get("label_mode")
+    def recorded(self, path: Sequence[str]) -> Any:
+        """The value at `path` in the reference's summary.json (e.g. ("options", "min_k")), or NOT_RECORDED when
+        there is no summary or it predates that field."""
+        node: Any = self.summary
+        for key in path:
+            if not isinstance(node, dict) or key not in node:
+                return NOT_RECORDED
+            node = node[key]
+        return node
 
 
 def load_reference_log(path: str | os.PathLike) -> ReferenceLog:
@@ -129,6 +149,60 @@ def check_same_split(hashes: dict[str, str], reference: ReferenceLog, set_name: 
             f"reference log {reference.path}: '{set_name}' questions differ at indices [{_preview(differing)}]; "
             "it was evaluated on other data under the same indices"
         )
+
+
+@dataclass(frozen=True)
+class SettingCheck:
+    """One setting of this run, compared with the same entry of the reference's summary.json.
+
+    path: where the setting sits in summary.json, e.g. ("options", "min_k").
+    strict: a mismatch raises ReferenceMismatchError (it changes values a composite metric compares); otherwise
+        it becomes a note in the summary.
+    consequence: what a mismatch does to the results, for the message.
+    """
+
+    path: tuple[str, ...]
+    value: Any
+    strict: bool
+    consequence: str
+
+
+def _as_json(value: Any) -> Any:
+    return json.loads(json.dumps(value))  # tuples -> lists, as summary.json stores them
+
+
+def check_settings(reference: ReferenceLog | None, checks: Sequence[SettingCheck]) -> list[str]:
+    """Compare this run's settings with the reference's summary.json: raise on a strict mismatch, note the rest.
+
+    A reference without summary.json, or one whose summary predates a setting, cannot be checked for it: that
+    becomes a note, never an error.
+    """
+    if reference is None or not checks:
+        return []
+    names = ", ".join(".".join(check.path) for check in checks)
+    if reference.summary is None:
+        return [
+            f"reference log {reference.path} has no {SUMMARY_FILE} beside it: its settings ({names}) could not be "
+            "compared with this run's"
+        ]
+    notes = []
+    for check in checks:
+        name = ".".join(check.path)
+        theirs = reference.recorded(check.path)
+        if theirs is NOT_RECORDED:
+            notes.append(f"the reference {SUMMARY_FILE} does not record {name} (an older log): not compared")
+            continue
+        ours = _as_json(check.value)
+        if theirs == ours:
+            continue
+        message = f"the reference log was evaluated with {name}={theirs!r}, this run with {name}={ours!r}"
+        if check.strict:
+            raise ReferenceMismatchError(
+                f"{message}: {check.consequence}. Evaluate the retain model with the same {name} (reference log "
+                f"{reference.path})"
+            )
+        notes.append(f"{message}: {check.consequence}")
+    return notes
 
 
 @dataclass

@@ -1,8 +1,12 @@
-"""Metric definitions (DESIGN.md §5): pure functions of numbers, token flags and strings, plus one registry.
+"""Metric definitions: pure functions of numbers, token flags and strings, plus one registry.
 
 Per-sample functions take what scoring produces (mean token NLLs, argmax-correct flags, generated text);
 aggregations turn a list of per-sample values into one number. Composite metrics (forget quality, model
 utility, privleak) combine already aggregated or reference values and have no per-sample function.
+
+Non-finite numbers (NaN or inf, from a diverged model) are never clamped into confident values: any
+non-finite input gives NaN, per sample and in every aggregation. Suites turn a NaN aggregate into null
+with the offending rows named (`nonfinite_reason`).
 
 `higher_is_better` says which direction is good for the model being unlearned *on the set the metric is
 reported for*: memorization metrics reported on the forget set are False (lower = more forgotten), utility
@@ -27,8 +31,14 @@ _MAX_LOG_RATIO = 700.0
 # ---- probability and truth ratio -------------------------------------------------------------------------
 
 
+def _all_finite(values: Sequence[float]) -> bool:
+    return all(math.isfinite(v) for v in values)
+
+
 def probability(mean_nll: float) -> float:
     """p = exp(-mean token NLL) of one answer (answer + end-of-turn tokens)."""
+    if not math.isfinite(mean_nll):
+        return math.nan
     return math.exp(-mean_nll)
 
 
@@ -36,6 +46,8 @@ def geometric_mean_probability(mean_nlls: Sequence[float]) -> float:
     """exp(-mean of the mean NLLs): the geometric mean of the answers' p."""
     if len(mean_nlls) == 0:
         raise ValueError("need at least one perturbed answer")
+    if not _all_finite(mean_nlls):
+        return math.nan
     return math.exp(-sum(mean_nlls) / len(mean_nlls))
 
 
@@ -46,12 +58,16 @@ def truth_ratio(correct_mean_nll: float, wrong_mean_nlls: Sequence[float]) -> fl
     """
     if len(wrong_mean_nlls) == 0:
         raise ValueError("truth_ratio needs at least one perturbed answer")
+    if not _all_finite([correct_mean_nll, *wrong_mean_nlls]):
+        return math.nan  # min/max below would turn NaN into a clamp value
     log_ratio = correct_mean_nll - sum(wrong_mean_nlls) / len(wrong_mean_nlls)
     return math.exp(max(-_MAX_LOG_RATIO, min(_MAX_LOG_RATIO, log_ratio)))
 
 
 def normalized_probability(correct_mean_nll: float, wrong_mean_nlls: Sequence[float]) -> float:
     """p_correct / (p_correct + sum of p_wrong): TOFU's Prob on real_authors / world_facts."""
+    if not _all_finite([correct_mean_nll, *wrong_mean_nlls]):
+        return math.nan
     # Divide through by p_correct so that tiny probabilities do not underflow to 0/0.
     ratios = sum(math.exp(min(_MAX_LOG_RATIO, correct_mean_nll - w)) for w in wrong_mean_nlls)
     return 1.0 / (1.0 + ratios)
@@ -59,11 +75,15 @@ def normalized_probability(correct_mean_nll: float, wrong_mean_nlls: Sequence[fl
 
 def forget_truth_ratio_aggregate(ratios: Sequence[float]) -> float:
     """Forget set: mean(min(tr, 1/tr)); 1 means paraphrase and perturbations are equally likely."""
+    if not _all_finite(ratios):
+        return math.nan
     return _mean([min(r, 1.0 / r) if r > 0 else 0.0 for r in ratios])
 
 
 def retain_truth_ratio_aggregate(ratios: Sequence[float]) -> float:
     """Retain and utility sets: mean(max(0, 1 - tr)); 1 means the true answer is far more likely."""
+    if not _all_finite(ratios):
+        return math.nan
     return _mean([max(0.0, 1.0 - r) for r in ratios])
 
 
@@ -76,13 +96,17 @@ def forget_quality(unlearned_ratios: Sequence[float], retain_model_ratios: Seque
 
     if len(unlearned_ratios) == 0 or len(retain_model_ratios) == 0:
         raise ValueError("forget_quality needs per-sample truth ratios from both models")
+    if not (_all_finite(unlearned_ratios) and _all_finite(retain_model_ratios)):
+        return math.nan
     return float(ks_2samp(list(unlearned_ratios), list(retain_model_ratios)).pvalue)
 
 
 def harmonic_mean(values: Sequence[float]) -> float:
-    """Harmonic mean; 0 when any value is 0 (its limit), error on negative values."""
+    """Harmonic mean; 0 when any value is 0 (its limit), NaN when any is NaN or inf, error on negative values."""
     if len(values) == 0:
         raise ValueError("harmonic_mean of nothing")
+    if not _all_finite(values):
+        return math.nan  # checked first: a 0 next to a NaN must not make it 0
     if any(v < 0 for v in values):
         raise ValueError(f"harmonic_mean needs non-negative values, got {list(values)}")
     if any(v == 0 for v in values):
@@ -141,7 +165,51 @@ def rouge_l_f1(prediction: str, reference: str, stemming: bool = True) -> float:
 def _mean(values: Sequence[float]) -> float:
     if len(values) == 0:
         raise ValueError("mean of no samples")
+    if not _all_finite(values):
+        return math.nan
     return sum(values) / len(values)
+
+
+# ---- non-finite per-sample values -------------------------------------------------------------------------
+
+
+def is_nonfinite(value) -> bool:
+    """A NaN or infinite number, or a list holding one (perturbed NLLs); strings and flags never are."""
+    if isinstance(value, (list, tuple)):
+        return any(is_nonfinite(v) for v in value)
+    return isinstance(value, float) and not math.isfinite(value)
+
+
+def nonfinite_rows(values: dict) -> list[str]:
+    """Indices (keys of an index -> value dict) whose value is non-finite, in numeric order."""
+    return sorted((key for key, value in values.items() if is_nonfinite(value)), key=int)
+
+
+def nonfinite_table(per_sample: dict) -> dict[str, dict[str, list[str]]]:
+    """set -> metric -> indices of every non-finite per-sample value ({} when all are finite)."""
+    table: dict[str, dict[str, list[str]]] = {}
+    for set_name, metrics in per_sample.items():
+        for metric, values in metrics.items():
+            if rows := nonfinite_rows(values):
+                table.setdefault(set_name, {})[metric] = rows
+    return table
+
+
+def _row_list(rows: list[str], limit: int = 10) -> str:
+    shown = ", ".join(rows[:limit])
+    return f"[{shown}, ... ({len(rows)} in all)]" if len(rows) > limit else f"[{shown}]"
+
+
+def nonfinite_reason(per_sample: dict, sources: Sequence[tuple[str, str]], whose: str = "") -> str | None:
+    """Why an aggregate over `sources` ((set, metric) pairs of `per_sample`) is null, naming the non-finite rows;
+    None when every value is finite. `whose` prefixes the message (e.g. "the reference log's ")."""
+    found = []
+    for set_name, metric in sources:
+        if rows := nonfinite_rows(per_sample.get(set_name, {}).get(metric, {})):
+            found.append(f"'{set_name}' {metric} at rows {_row_list(rows)}")
+    if not found:
+        return None
+    return f"{whose}non-finite (NaN or inf) per-sample values: " + "; ".join(found)
 
 
 # ---- registry ---------------------------------------------------------------------------------------------

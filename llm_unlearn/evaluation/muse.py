@@ -1,4 +1,4 @@
-"""The MUSE suite (DESIGN.md §5): verbatim memorization, knowledge memorization, and privleak.
+"""The MUSE suite: verbatim memorization, knowledge memorization, and privleak.
 
 Input: `data[subset][split] -> list[dict]` in the MUSE-News layout:
   knowmem: forget_qa, retain_qa, forget_qa_icl, retain_qa_icl (question/answer)
@@ -6,31 +6,38 @@ Input: `data[subset][split] -> list[dict]` in the MUSE-News layout:
   privleak: forget, holdout (text; a retain split may be present and is not used)
 
 Prompts are plain text as in MUSE, never the chat template: the model learned the news corpus as raw text.
-* verbmem: the article prefix, greedy 128 new tokens, ROUGE-L F1 against the continuation.
+* verbmem: the article prefix, greedy 128 new tokens, ROUGE-L F1 against the continuation (the whole of it by
+  default; MUSE's first 128 tokens with `verbmem_reference_tokens` or the `muse` preset).
 * knowmem: "Question: {q}\\nAnswer: {a}\\n\\n" for each ICL pair, then "Question: {q}\\nAnswer: " (MUSE's text,
   trailing space included); greedy 32 new tokens, cut at a blank line or "Question"; ROUGE-L F1 vs the answer.
-* privleak: Min-K% (k = 0.4) over every token of the text but the first; AUC forget vs holdout, compared with
-  the retain model's AUC from the reference log. LOSS, zlib and Min-K%++ AUCs are reported too.
-Original MUSE reported ROUGE x100 without stemming: `scale_100=True, rouge_stemming=False`.
+* privleak: Min-K% (k = 0.4) over every token of each whole text but the first, one forward per batch (exact:
+  every token sees the whole text before it). A text longer than the model's context
+  (config.max_position_embeddings) is cut to the context, and the summary notes how many were. AUC forget vs
+  holdout, compared with the retain model's AUC: from the reference log on the same rows, or fixed
+  (`reference_auc`, e.g. MUSE's published value). LOSS, zlib and Min-K%++ AUCs are reported too.
+`preset: muse` switches ROUGE scaling, stemming, the verbmem reference and the reference AUC to MUSE's
+conventions (muse_options.py); docs/metrics.md sets every metric beside MUSE's and open-unlearning's.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
-from llm_unlearn.data.collate import LABEL_MODES, PaddingCollator, PromptFormat
+from llm_unlearn.data.collate import PaddingCollator, PromptFormat
 from llm_unlearn.evaluation import metrics as M
 from llm_unlearn.evaluation import mia
 from llm_unlearn.evaluation.logs import (
     HASH_KEY,
     EvalResult,
     ReferenceLog,
+    SettingCheck,
     as_reference,
     merge_per_sample,
     sorted_values,
     text_hash,
 )
+from llm_unlearn.evaluation.muse_options import MUSE_RETAIN_AUC, MUSE_SETS, MuseEvalOptions
 from llm_unlearn.evaluation.scoring import (
     distributed_state,
     encode_raw_text,
@@ -42,7 +49,7 @@ from llm_unlearn.evaluation.scoring import (
 )
 from llm_unlearn.evaluation.tofu import MIA_ATTACKS, check_reference, privleak_vs_reference
 
-MUSE_SETS = ("verbmem", "knowmem_forget", "knowmem_retain", "privleak")
+__all__ = ["MUSE_SETS", "MuseEvalOptions", "evaluate_muse", "knowmem_prompt", "summarize_muse"]
 # Per-sample set names in per_sample.json.
 VERBMEM, KNOWMEM_F, KNOWMEM_R, PRIV_F, PRIV_H = (
     "verbmem_forget",
@@ -52,41 +59,6 @@ VERBMEM, KNOWMEM_F, KNOWMEM_R, PRIV_F, PRIV_H = (
     "privleak_holdout",
 )
 KNOWMEM_STOP_STRINGS = ("\n\n", "\nQuestion", "Question:")
-
-
-@dataclass
-class MuseEvalOptions:
-    """Settings of a MUSE evaluation, recorded in summary.json.
-
-    icl_shots: how many *_icl pairs open the knowmem prompt (None: all given).
-    knowmem_max_new_tokens / verbmem_max_new_tokens: MUSE's 32 and 128.
-    scale_100, rouge_stemming: ROUGE reported x100 / with Porter stemming (original MUSE: x100, no stemming).
-    max_length: privleak texts are cut to this many tokens (a choice; bounds memory on long articles).
-    truncate_rows: keep only the first N rows of every split (quick runs); None keeps all.
-    """
-
-    batch_size: int = 8
-    icl_shots: int | None = None
-    knowmem_max_new_tokens: int = 32
-    verbmem_max_new_tokens: int = 128
-    scale_100: bool = False
-    rouge_stemming: bool = True
-    max_length: int = 512
-    truncate_rows: int | None = None
-    label_mode: str | None = None
-    sets: tuple[str, ...] = MUSE_SETS
-    min_k: float = mia.DEFAULT_MIN_K
-
-    def __post_init__(self):
-        self.sets = tuple(self.sets)
-        if unknown := [s for s in self.sets if s not in MUSE_SETS]:
-            raise ValueError(f"MuseEvalOptions.sets: unknown {unknown}; choose from {MUSE_SETS}")
-        if min(self.batch_size, self.knowmem_max_new_tokens, self.verbmem_max_new_tokens, self.max_length) < 1:
-            raise ValueError("MuseEvalOptions: batch_size, max_new_tokens and max_length must be at least 1")
-        if self.icl_shots is not None and self.icl_shots < 0:
-            raise ValueError("MuseEvalOptions.icl_shots must be None or >= 0")
-        if self.label_mode is not None and self.label_mode not in LABEL_MODES:
-            raise ValueError(f"MuseEvalOptions.label_mode must be None or one of {LABEL_MODES}")
 
 
 def _split(data: dict, subset: str, split: str, keys: tuple[str, ...], truncate: int | None) -> list[dict]:
@@ -116,7 +88,17 @@ def knowmem_prompt(question: str, icl_pairs: list[dict]) -> str:
     return shots + f"Question: {question}\nAnswer: "
 
 
-def _generate_set(records, prompts, reference_key, max_new_tokens, stop_strings, model, tokenizer, options, fmt):
+def first_tokens(tokenizer, text: str, count: int | None) -> str:
+    """The text of the first `count` tokens of `text` (all of it for None), tokenized and decoded as MUSE cuts its
+    verbmem reference: special tokens added (a BOS counts as one of them) and skipped when decoding."""
+    if count is None:
+        return text
+    ids = tokenizer(text, add_special_tokens=True)["input_ids"][:count]
+    return tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=True)
+
+
+def _generate_set(records, prompts, references, max_new_tokens, stop_strings, model, tokenizer, options, fmt):
+    """Greedy generations for `prompts` and their ROUGE-L F1 against `references` (one per record)."""
     out: dict[str, dict] = {"generation": {}, "rougeL_f1": {}}
     if not records:
         return out
@@ -131,9 +113,9 @@ def _generate_set(records, prompts, reference_key, max_new_tokens, stop_strings,
         stop_strings,
         mask_pad_ids=fmt.label_mode == "open_unlearning",
     )
-    for record, text in zip(records, texts):
+    for record, text, reference in zip(records, texts, references):
         out["generation"][str(record["index"])] = text
-        out["rougeL_f1"][str(record["index"])] = M.rouge_l_f1(text, record[reference_key], options.rouge_stemming)
+        out["rougeL_f1"][str(record["index"])] = M.rouge_l_f1(text, reference, options.rouge_stemming)
     return out
 
 
@@ -145,21 +127,36 @@ def _stop_ids(tokenizer, model) -> list[int]:
     return sorted(ids)
 
 
-def _privleak_set(records, model, tokenizer, options, fmt) -> dict:
+def model_context(model) -> int | None:
+    """The most positions the model takes (config.max_position_embeddings); None when its config does not say."""
+    value = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def privleak_token_limit(model, max_length: int | None) -> int | None:
+    """Tokens of each privleak text to score: max_length when set, never more than the model's context (a
+    position it was not trained for would score noise, and sliding windows would not give the same numbers)."""
+    limits = [n for n in (max_length, model_context(model)) if n is not None]
+    return min(limits) if limits else None
+
+
+def _privleak_set(records, model, tokenizer, options, fmt, limit: int | None) -> dict:
     out: dict[str, dict] = {}
     if not records:
         return out
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     collator = PaddingCollator(pad_id, "right", mask_pad_ids=fmt.label_mode == "open_unlearning")
-    items = [encode_raw_text(tokenizer, r["text"], options.max_length) for r in records]
+    items = [encode_raw_text(tokenizer, r["text"], limit) for r in records]
     scores = score_sequences(model, items, collator, options.batch_size, distribution_stats=True)
     for record, item, score in zip(records, items, scores):
         index = str(record["index"])
         if score.num_tokens == 0:
             raise ValueError(f"MUSE privleak text at index {index} has fewer than 2 tokens; nothing to score")
-        # zlib entropy of the text actually scored (after the max_length cut).
+        # zlib entropy of the text actually scored (after any cut).
         text = tokenizer.decode(item["input_ids"], skip_special_tokens=True)
         values = {
+            "num_tokens": score.num_tokens,
+            "cut_tokens": item["text_tokens"] - len(item["input_ids"]),
             "nll": score.mean_nll,
             "mia_loss": mia.loss_score(score.token_logprobs),
             "mia_zlib": mia.zlib_score(score.token_logprobs, text),
@@ -169,6 +166,43 @@ def _privleak_set(records, model, tokenizer, options, fmt) -> dict:
         for metric, value in values.items():
             out.setdefault(metric, {})[index] = value
     return out
+
+
+def _cut_note(per_sample: dict, options: MuseEvalOptions, limit: int | None) -> str | None:
+    counts = [per_sample.get(name, {}).get("cut_tokens", {}) for name in (PRIV_F, PRIV_H)]
+    total = sum(len(c) for c in counts)
+    cut = sum(1 for c in counts for n in c.values() if n > 0)
+    if not cut:
+        return None
+    if options.max_length is not None and limit == options.max_length:
+        return (
+            f"privleak scored the first {limit} tokens of each text (max_length): {cut} of {total} texts were "
+            "longer (per-sample cut_tokens); MUSE scores whole texts"
+        )
+    return (
+        f"{cut} of {total} privleak texts are longer than the model's context ({limit} tokens, "
+        f"config.max_position_embeddings) and were scored on their first {limit} tokens (per-sample cut_tokens)"
+    )
+
+
+def muse_reference_settings(options: MuseEvalOptions, fmt: PromptFormat) -> list[SettingCheck]:
+    """What a MUSE reference log must share with this run, or should (a note when it differs).
+
+    The reference log only feeds privleak (the retain model's Min-K% AUC on the same rows), so everything that
+    changes Min-K% scores is strict when privleak takes its AUC from the log: min_k and the privleak token cut.
+    The label mode only changes open-unlearning's pad-id attention mask, which touches raw text only where the
+    text itself holds the pad token: a note. Prompts are plain text in every mode, so there is no prompt format
+    to compare. With a fixed reference AUC the log serves only the split check and every difference is a note.
+    """
+    if "privleak" not in options.sets:
+        return []
+    strict = options.fixed_reference_auc() is None
+    changes = "the Min-K% scores differ, so the retain model's AUC does not fit this run's"
+    return [
+        SettingCheck(("options", "min_k"), options.min_k, strict, changes),
+        SettingCheck(("options", "max_length"), options.max_length, strict, changes),
+        SettingCheck(("label_mode",), fmt.label_mode, False, "the pad-id attention mask differs (rarely matters)"),
+    ]
 
 
 def evaluate_muse(
@@ -183,7 +217,7 @@ def evaluate_muse(
 
     `fmt` only contributes its label mode (open-unlearning's pad-id attention mask); prompts are plain text.
     """
-    options = options or MuseEvalOptions()
+    options = (options or MuseEvalOptions()).resolved()
     fmt = resolve_format(fmt, options.label_mode)
     truncate = options.truncate_rows
     sets: dict[str, list[dict]] = {}
@@ -207,23 +241,27 @@ def evaluate_muse(
         if PRIV_H not in sets:
             notes.append("privleak holdout split not given: MIA / privleak skipped")
     reference = as_reference(reference_log)
-    notes += check_reference(reference, hashes, PRIV_F, PRIV_H, fmt)
+    notes += check_reference(reference, hashes, PRIV_F, PRIV_H, muse_reference_settings(options, fmt))
+    if "privleak" in options.sets and (fixed := options.fixed_reference_auc()) is not None:
+        notes.append(_fixed_reference_note(options.reference_auc, fixed, reference))
+    limit = privleak_token_limit(model, options.max_length)
 
     state = distributed_state()
     mine: dict[str, dict] = {}
     for name, records in sets.items():
-        part = shard(records, state)
+        part = shard(records, state, options.batch_size)
         if name == VERBMEM:
             prompts = [r["prompt"] for r in part]
+            references = [first_tokens(tokenizer, r["gt"], options.verbmem_reference_tokens) for r in part]
             mine[name] = _generate_set(
-                part, prompts, "gt", options.verbmem_max_new_tokens, (), model, tokenizer, options, fmt
+                part, prompts, references, options.verbmem_max_new_tokens, (), model, tokenizer, options, fmt
             )
         elif name in (KNOWMEM_F, KNOWMEM_R):
             prompts = [knowmem_prompt(r["question"], icl[name]) for r in part]
             mine[name] = _generate_set(
                 part,
                 prompts,
-                "answer",
+                [r["answer"] for r in part],
                 options.knowmem_max_new_tokens,
                 KNOWMEM_STOP_STRINGS,
                 model,
@@ -232,20 +270,26 @@ def evaluate_muse(
                 fmt,
             )
         else:
-            mine[name] = _privleak_set(part, model, tokenizer, options, fmt)
+            mine[name] = _privleak_set(part, model, tokenizer, options, fmt, limit)
     per_sample = merge_per_sample(gather(mine, state))
     for name, digests in hashes.items():
         per_sample.setdefault(name, {})[HASH_KEY] = digests
+    if note := _cut_note(per_sample, options, limit):
+        notes.append(note)
 
     metrics, reasons = summarize_muse(per_sample, options, reference)
     meta = {
-        "options": asdict(options),
+        "options": asdict(options),  # resolved: the preset's values filled in
         "label_mode": fmt.label_mode,
         "prompt_format": {"style": "plain text (MUSE), no chat template", "knowmem_stop_strings": KNOWMEM_STOP_STRINGS},
         "reference_log": str(reference.path) if reference else None,
+        # The retain model's Min-K% AUC privleak used when it is fixed (this project's convention); None: the log's.
+        "privleak_reference_auc": options.fixed_reference_auc(),
+        "privleak_token_limit": limit,  # None: whole texts, the model's context unknown
         "row_counts": {name: len(records) for name, records in sets.items()},
         "icl_shots_used": {name: len(pairs) for name, pairs in icl.items()},
         "higher_is_better": {key: M.summary_direction(key) for key in metrics},
+        "nonfinite_rows": M.nonfinite_table(per_sample),
     }
     return EvalResult("muse", per_sample, metrics, reasons, notes, meta)
 
@@ -253,6 +297,7 @@ def evaluate_muse(
 def summarize_muse(
     per_sample: dict, options: MuseEvalOptions, reference: ReferenceLog | None
 ) -> tuple[dict[str, float | None], dict[str, str]]:
+    options = options.resolved()
     metrics: dict[str, float | None] = {}
     reasons: dict[str, str] = {}
     scale = 100.0 if options.scale_100 else 1.0
@@ -267,11 +312,37 @@ def summarize_muse(
             sorted_values(per_sample, PRIV_F, f"mia_{attack}"),
             sorted_values(per_sample, PRIV_H, f"mia_{attack}"),
         )
-        if forget and holdout:
+        if reason := M.nonfinite_reason(per_sample, [(PRIV_F, f"mia_{attack}"), (PRIV_H, f"mia_{attack}")]):
+            metrics[key], reasons[key] = None, reason
+        elif forget and holdout:
             metrics[key] = mia.mia_auc(forget, holdout)
         else:
             metrics[key], reasons[key] = None, "needs the privleak forget and holdout splits"
-    metrics["privleak"], reason = privleak_vs_reference(metrics["mia_min_k_auc"], per_sample, reference, PRIV_F, PRIV_H)
+    metrics["privleak"], reason = _privleak(metrics["mia_min_k_auc"], per_sample, options, reference)
     if reason:
         reasons["privleak"] = reason
     return metrics, reasons
+
+
+def _privleak(auc: float | None, per_sample: dict, options: MuseEvalOptions, reference: ReferenceLog | None):
+    """privleak against the fixed reference AUC when there is one, else against the reference log's."""
+    fixed = options.fixed_reference_auc()
+    if fixed is None:
+        return privleak_vs_reference(auc, per_sample, reference, PRIV_F, PRIV_H, min_k=options.min_k)
+    if reason := M.nonfinite_reason(per_sample, [(PRIV_F, "mia_min_k"), (PRIV_H, "mia_min_k")]):
+        return None, reason
+    if auc is None:
+        return None, f"needs Min-K% scores on the {PRIV_F} and {PRIV_H} sets"
+    return mia.privleak(auc, fixed), None
+
+
+def _fixed_reference_note(source, fixed: float, reference: ReferenceLog | None) -> str:
+    if source in MUSE_RETAIN_AUC:
+        what = (
+            f"MUSE's published retain-model AUC for {source} ({MUSE_RETAIN_AUC[source]} in MUSE's convention, "
+            f"{fixed:.4f} in this project's)"
+        )
+    else:
+        what = f"a fixed retain-model AUC of {fixed}"
+    unused = f"; the reference log {reference.path} only checks the split" if reference is not None else ""
+    return f"privleak compares this run's Min-K% AUC with {what}, not with a reference log{unused}"

@@ -275,6 +275,10 @@ def make_report(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike) -
         lines += [_table(all_rows, ["metric", "value", "why null"]), ""]
         for note in run.summary.get("notes", []):
             lines.append(f"* {note}")
+        # A diverged model's NaN / inf rows: the metrics over them are null, and these are the rows to look at.
+        for set_name, by_metric in run.summary.get("nonfinite_rows", {}).items():
+            for metric, rows in by_metric.items():
+                lines.append(f"* non-finite (NaN or inf) {metric} on '{set_name}' at rows {', '.join(rows)}")
         lines.append("")
     report = out / "report.md"
     report.write_text("\n".join(lines))

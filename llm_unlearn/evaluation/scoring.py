@@ -3,8 +3,10 @@
 Scoring runs one forward per batch of right-padded sequences and returns, per sequence, the statistics every
 metric needs over its labelled tokens (labels != -100): mean NLL, summed log-prob, token count, per-token
 log-probs, per-token argmax-correct flags and, on request, the mean and standard deviation of log p(z) under
-the model's own next-token distribution (Min-K%++). Only labelled positions go through the vocabulary-wide
-softmax, so memory grows with answer length, not prompt length.
+the model's own next-token distribution (Min-K%++). It also carries how many trailing labelled tokens are
+end-of-turn tokens rather than answer (`end_tokens`, from `encode_qa`), so that answer-only metrics can leave
+them out. Only labelled positions go through the vocabulary-wide softmax, so memory grows with answer length,
+not prompt length.
 
 Generation is greedy with left padding, cut at the first end-of-turn/EOS token and at stop strings.
 
@@ -36,6 +38,28 @@ class SequenceScore:
     # Mean and std of log p(z), z ~ p(.|prefix), per labelled position; only with distribution_stats=True.
     mu: list[float] | None = None
     sigma: list[float] | None = None
+    # Trailing labelled tokens after the answer (end-of-turn / eos) that the answer_* views leave out.
+    end_tokens: int = 0
+
+    @property
+    def num_answer_tokens(self) -> int:
+        return self.num_tokens - self.end_tokens
+
+    @property
+    def answer_logprobs(self) -> list[float]:
+        return self.token_logprobs[: self.num_answer_tokens]
+
+    @property
+    def answer_argmax_correct(self) -> list[bool]:
+        return self.argmax_correct[: self.num_answer_tokens]
+
+    @property
+    def answer_mu(self) -> list[float] | None:
+        return self.mu[: self.num_answer_tokens] if self.mu is not None else None
+
+    @property
+    def answer_sigma(self) -> list[float] | None:
+        return self.sigma[: self.num_answer_tokens] if self.sigma is not None else None
 
 
 @contextmanager
@@ -58,8 +82,17 @@ def model_device(model) -> torch.device:
         return torch.device("cpu")
 
 
-def score_batch(model, batch: dict, distribution_stats: bool = False) -> list[SequenceScore]:
-    """One forward over a collated batch (input_ids, attention_mask, labels); one SequenceScore per row."""
+def score_batch(
+    model, batch: dict, distribution_stats: bool = False, end_tokens: Sequence[int] | None = None
+) -> list[SequenceScore]:
+    """One forward over a collated batch (input_ids, attention_mask, labels); one SequenceScore per row.
+
+    `end_tokens[i]`: how many of row i's last labelled tokens are end-of-turn tokens, not answer (default 0).
+    """
+    rows = batch["labels"].shape[0]
+    end_tokens = [0] * rows if end_tokens is None else [int(n) for n in end_tokens]
+    if len(end_tokens) != rows:
+        raise ValueError(f"score_batch: {len(end_tokens)} end_tokens counts for a batch of {rows} rows")
     device = model_device(model)
     input_ids = batch["input_ids"].to(device)
     attention_mask = batch["attention_mask"].to(device)
@@ -91,8 +124,10 @@ def score_batch(model, batch: dict, distribution_stats: bool = False) -> list[Se
     mu_rows = mu.cpu().split(counts) if mu is not None else [None] * len(counts)
     sigma_rows = sigma.cpu().split(counts) if sigma is not None else [None] * len(counts)
     scores = []
-    for lp, ok, m, s in zip(token_lp_rows, correct_rows, mu_rows, sigma_rows):
+    for row, (lp, ok, m, s, ends) in enumerate(zip(token_lp_rows, correct_rows, mu_rows, sigma_rows, end_tokens)):
         n = lp.numel()
+        if not 0 <= ends <= n:
+            raise ValueError(f"score_batch: row {row} has {n} labelled tokens, so end_tokens={ends} is impossible")
         total = float(lp.double().sum()) if n else 0.0
         scores.append(
             SequenceScore(
@@ -103,6 +138,7 @@ def score_batch(model, batch: dict, distribution_stats: bool = False) -> list[Se
                 argmax_correct=ok.tolist(),
                 mu=m.tolist() if m is not None else None,
                 sigma=s.tolist() if s is not None else None,
+                end_tokens=ends,
             )
         )
     return scores
@@ -115,23 +151,29 @@ def score_sequences(
     batch_size: int,
     distribution_stats: bool = False,
 ) -> list[SequenceScore]:
-    """Score encoded items ({input_ids, labels}) in right-padded batches of `batch_size`, one forward each."""
+    """Score encoded items ({input_ids, labels}, optionally end_tokens) in right-padded batches of `batch_size`,
+    one forward each."""
     if collator.padding_side != "right":
         raise ValueError("teacher-forced scoring needs a right-padding collator")
     scores: list[SequenceScore] = []
     for start in range(0, len(items), batch_size):
-        chunk = [{"input_ids": it["input_ids"], "labels": it["labels"]} for it in items[start : start + batch_size]]
-        scores.extend(score_batch(model, collator(chunk), distribution_stats))
+        chunk = items[start : start + batch_size]
+        batch = collator([{"input_ids": it["input_ids"], "labels": it["labels"]} for it in chunk])
+        ends = [it.get("end_tokens", 0) for it in chunk]
+        scores.extend(score_batch(model, batch, distribution_stats, ends))
     return scores
 
 
-def encode_raw_text(tokenizer, text: str, max_length: int) -> dict:
-    """Raw text scored on every token but the first (MUSE privleak); cut to max_length tokens."""
-    ids = tokenizer(text, add_special_tokens=True)["input_ids"][:max_length]
+def encode_raw_text(tokenizer, text: str, max_length: int | None) -> dict:
+    """Raw text scored on every token but the first (MUSE privleak): the whole text, or its first max_length
+    tokens. `text_tokens` is the length of the whole text, so callers can tell how much a cut dropped."""
+    ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
+    text_tokens = len(ids)
+    ids = ids[:max_length] if max_length is not None else ids
     labels = list(ids)
     if labels:
         labels[0] = IGNORE_INDEX
-    return {"input_ids": ids, "labels": labels}
+    return {"input_ids": ids, "labels": labels, "text_tokens": text_tokens}
 
 
 # ---- generation -------------------------------------------------------------------------------------------
@@ -245,12 +287,23 @@ def distributed_state():
     return state if state.num_processes > 1 else None
 
 
-def shard(records: Sequence, state) -> list:
-    """This process's contiguous share of `records` (all of them without a distributed state)."""
+def shard(records: Sequence, state, batch_size: int) -> list:
+    """This process's share of `records`: a contiguous run of whole batches of `batch_size` (all of them without a
+    distributed state).
+
+    Batches are formed over the whole set before they are handed out, so every row meets the same batch-mates and
+    the same padding whatever the process count, and greedy generations cannot flip at near-ties.
+    """
     if state is None:
         return list(records)
-    with state.split_between_processes(list(range(len(records)))) as mine:
-        return [records[i] for i in mine]
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    num_batches = -(-len(records) // batch_size)
+    per_rank, extra = divmod(num_batches, state.num_processes)
+    rank = state.process_index
+    first = rank * per_rank + min(rank, extra)
+    last = first + per_rank + (1 if rank < extra else 0)
+    return list(records[first * batch_size : last * batch_size])
 
 
 def gather(obj, state) -> list:

@@ -1,5 +1,9 @@
-"""The TOFU suite (DESIGN.md §5): Prob, truth ratio, ROUGE-L recall, forget quality, model utility,
-extraction strength, exact memorization, and MIA / privleak against a holdout set.
+"""The TOFU suite: Prob, truth ratio, ROUGE-L recall, forget quality, model utility, extraction strength,
+exact memorization, and MIA / privleak against a holdout set.
+
+Token sets: Prob, truth ratio, LOSS and zlib score the whole labelled span (answer + end-of-turn token);
+extraction strength, exact memorization, Min-K% and Min-K%++ the answer tokens only, so a model that merely
+stops predicting the end of its turn is not counted as having forgotten the answer.
 
 Input: a plain dict of eval sets, keys "forget", "retain", "real_authors", "world_facts" and optionally
 "holdout", each a list of records {question, answer, index, paraphrased_answer, perturbed_answer}.
@@ -12,7 +16,9 @@ per-sample values gathered, so the result does not depend on the number of proce
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from llm_unlearn.data.collate import (
@@ -27,10 +33,13 @@ from llm_unlearn.evaluation import metrics as M
 from llm_unlearn.evaluation import mia
 from llm_unlearn.evaluation.logs import (
     HASH_KEY,
+    NOT_RECORDED,
     EvalResult,
     ReferenceLog,
+    SettingCheck,
     as_reference,
     check_same_split,
+    check_settings,
     merge_per_sample,
     sorted_values,
     text_hash,
@@ -150,6 +159,26 @@ def _checked(score: SequenceScore, set_name: str, index: int, what: str, fmt: Pr
     return score
 
 
+def _answer_only_checked(score: SequenceScore, set_name: str, index: int) -> SequenceScore:
+    if score.num_answer_tokens == 0:
+        raise ValueError(
+            f"TOFU set '{set_name}', index {index}: the answer has no tokens of its own (only the end-of-turn "
+            "token is labelled), so extraction strength, exact memorization and Min-K% are undefined; give a "
+            "non-empty answer or raise PromptFormat.max_length"
+        )
+    return score
+
+
+def _memorization(score: SequenceScore) -> tuple[float, float]:
+    """Extraction strength and exact memorization over the answer tokens (not the end-of-turn token).
+
+    NaN when the model's log-probs there are not finite: the argmax of NaN logits says nothing."""
+    if M.is_nonfinite(score.answer_logprobs):
+        return math.nan, math.nan
+    flags = score.answer_argmax_correct
+    return M.extraction_strength(flags), M.exact_memorization(flags)
+
+
 def _score_set(name, records, model, tokenizer, options, fmt, collator, stop_ids) -> dict:
     """Per-sample values of one set (or one process's shard of it)."""
     groups = options.metrics
@@ -174,17 +203,23 @@ def _score_set(name, records, model, tokenizer, options, fmt, collator, stop_ids
                 answer_nll[index] = score.mean_nll
                 put("nll", index, score.mean_nll)
                 put("prob", index, M.probability(score.mean_nll))
+                if with_memorization or with_mia:
+                    _answer_only_checked(score, name, index)
                 if with_memorization:
-                    put("extraction_strength", index, M.extraction_strength(score.argmax_correct))
-                    put("exact_memorization", index, M.exact_memorization(score.argmax_correct))
+                    extraction, exact = _memorization(score)
+                    put("extraction_strength", index, extraction)
+                    put("exact_memorization", index, exact)
                 if with_mia:
+                    # LOSS and zlib over the whole labelled span; Min-K% and Min-K%++ over the answer tokens.
                     put("mia_loss", index, mia.loss_score(score.token_logprobs))
                     put("mia_zlib", index, mia.zlib_score(score.token_logprobs, record["answer"]))
-                    put("mia_min_k", index, mia.min_k_score(score.token_logprobs, options.min_k))
+                    put("mia_min_k", index, mia.min_k_score(score.answer_logprobs, options.min_k))
                     put(
                         "mia_min_k_pp",
                         index,
-                        mia.min_k_plus_plus_score(score.token_logprobs, score.mu, score.sigma, options.min_k),
+                        mia.min_k_plus_plus_score(
+                            score.answer_logprobs, score.answer_mu, score.answer_sigma, options.min_k
+                        ),
                     )
         if with_perturbed:
             # Paraphrased (forget/retain) and perturbed answers of the whole chunk in one forward.
@@ -230,7 +265,11 @@ def _score_set(name, records, model, tokenizer, options, fmt, collator, stop_ids
 def summarize_tofu(
     per_sample: dict, options: TofuEvalOptions, reference: ReferenceLog | None
 ) -> tuple[dict[str, float | None], dict[str, str]]:
-    """Summary metrics from (merged) per-sample values and an optional reference log; reasons for every null."""
+    """Summary metrics from (merged) per-sample values and an optional reference log; reasons for every null.
+
+    An aggregate over a NaN or infinite per-sample value is null, with a reason naming the set, metric and rows;
+    so is a composite with a null part.
+    """
     metrics: dict[str, float | None] = {}
     reasons: dict[str, str] = {}
 
@@ -240,18 +279,25 @@ def summarize_tofu(
     def mean(xs: list) -> float:
         return sum(xs) / len(xs)
 
+    def aggregate(key: str, sources: list[tuple[str, str]], combine, *inputs) -> None:
+        """metrics[key] = combine(*inputs), or null when a source (set, metric) has non-finite rows."""
+        if reason := M.nonfinite_reason(per_sample, sources):
+            metrics[key], reasons[key] = None, reason
+        else:
+            metrics[key] = combine(*inputs)
+
     for name in ("forget", "retain", "real_authors", "world_facts"):
-        prob = values(name, "normalized_prob" if name in ANSWER_SETS else "prob")
-        if prob:
-            metrics[f"{name}_prob"] = mean(prob)
+        prob_metric = "normalized_prob" if name in ANSWER_SETS else "prob"
+        if prob := values(name, prob_metric):
+            aggregate(f"{name}_prob", [(name, prob_metric)], mean, prob)
         if ratios := values(name, "truth_ratio"):
-            aggregate = M.forget_truth_ratio_aggregate if name == "forget" else M.retain_truth_ratio_aggregate
-            metrics[f"{name}_truth_ratio"] = aggregate(ratios)
+            combine = M.forget_truth_ratio_aggregate if name == "forget" else M.retain_truth_ratio_aggregate
+            aggregate(f"{name}_truth_ratio", [(name, "truth_ratio")], combine, ratios)
         if recall := values(name, "rougeL_recall"):
-            metrics[f"{name}_rougeL_recall"] = mean(recall)
+            aggregate(f"{name}_rougeL_recall", [(name, "rougeL_recall")], mean, recall)
     for metric in ("extraction_strength", "exact_memorization"):
         if scores := values("forget", metric):
-            metrics[f"forget_{metric}"] = mean(scores)
+            aggregate(f"forget_{metric}", [("forget", metric)], mean, scores)
 
     # Forget quality: KS test against the retain model's per-sample forget truth ratios.
     forget_tr = per_sample.get("forget", {}).get("truth_ratio", {})
@@ -265,13 +311,25 @@ def summarize_tofu(
         metrics["forget_quality"] = None
         reasons["forget_quality"] = f"reference log {reference.path} has no forget truth_ratio values"
     else:
-        keys = sorted(forget_tr, key=int)
-        metrics["forget_quality"] = M.forget_quality([forget_tr[k] for k in keys], [reference_tr[k] for k in keys])
+        ours = M.nonfinite_reason(per_sample, [("forget", "truth_ratio")])
+        theirs = M.nonfinite_reason(
+            reference.per_sample, [("forget", "truth_ratio")], f"reference log {reference.path}: "
+        )
+        if ours or theirs:
+            metrics["forget_quality"] = None
+            reasons["forget_quality"] = "; ".join(reason for reason in (ours, theirs) if reason)
+        else:
+            keys = sorted(forget_tr, key=int)
+            ours_tr, reference_values = [forget_tr[k] for k in keys], [reference_tr[k] for k in keys]
+            metrics["forget_quality"] = M.forget_quality(ours_tr, reference_values)
 
     # Model utility: harmonic mean of 9 numbers.
     parts = [f"{name}_{metric}" for name in UTILITY_SETS for metric in ("prob", "rougeL_recall", "truth_ratio")]
     if missing := [key for key in parts if key not in metrics]:
         metrics["model_utility"], reasons["model_utility"] = None, f"missing components {missing}"
+    elif nulls := [key for key in parts if metrics[key] is None]:
+        metrics["model_utility"] = None
+        reasons["model_utility"] = "null components: " + "; ".join(f"{key} ({reasons.get(key)})" for key in nulls)
     else:
         metrics["model_utility"] = M.harmonic_mean([metrics[key] for key in parts])
 
@@ -279,22 +337,36 @@ def summarize_tofu(
     if "mia" not in options.metrics:
         return metrics, reasons
     for attack in MIA_ATTACKS:
-        key = f"mia_{attack}_auc"
-        forget, holdout = values("forget", f"mia_{attack}"), values("holdout", f"mia_{attack}")
+        key, metric = f"mia_{attack}_auc", f"mia_{attack}"
+        forget, holdout = values("forget", metric), values("holdout", metric)
         if forget and holdout:
-            metrics[key] = mia.mia_auc(forget, holdout)
+            aggregate(key, [("forget", metric), ("holdout", metric)], mia.mia_auc, forget, holdout)
         else:
             metrics[key], reasons[key] = None, "needs the forget and holdout sets"
-    metrics["privleak"], reason = privleak_vs_reference(metrics["mia_min_k_auc"], per_sample, reference)
+    metrics["privleak"], reason = privleak_vs_reference(
+        metrics["mia_min_k_auc"], per_sample, reference, min_k=options.min_k
+    )
     if reason:
         reasons["privleak"] = reason
     return metrics, reasons
 
 
 def privleak_vs_reference(
-    auc: float | None, per_sample: dict, reference: ReferenceLog | None, forget="forget", holdout="holdout"
+    auc: float | None,
+    per_sample: dict,
+    reference: ReferenceLog | None,
+    forget="forget",
+    holdout="holdout",
+    *,
+    min_k: float,
 ):
-    """privleak from this run's Min-K% AUC and the reference's AUC on the same rows; (value, null reason)."""
+    """privleak from this run's Min-K% AUC and the reference's AUC on the same rows; (value, null reason).
+
+    Null, naming the rows, when a Min-K% score here or in the reference log is NaN or infinite; null, naming both
+    values, when the reference summary records another `min_k` (its Min-K% AUC would measure something else)."""
+    min_k_sources = [(forget, "mia_min_k"), (holdout, "mia_min_k")]
+    if reason := M.nonfinite_reason(per_sample, min_k_sources):
+        return None, reason
     if auc is None:
         return None, f"needs Min-K% scores on the {forget} and {holdout} sets"
     if reference is None:
@@ -302,6 +374,14 @@ def privleak_vs_reference(
     ref_forget, ref_holdout = reference.values(forget, "mia_min_k"), reference.values(holdout, "mia_min_k")
     if ref_forget is None or ref_holdout is None:
         return None, f"reference log {reference.path} has no Min-K% scores on {forget} and {holdout}"
+    reference_min_k = reference.recorded(("options", "min_k"))
+    if reference_min_k is not NOT_RECORDED and reference_min_k != min_k:
+        return None, (
+            f"the reference log scored Min-K% with min_k={reference_min_k}, this run with min_k={min_k}: the two "
+            "AUCs are not comparable; evaluate both with the same min_k"
+        )
+    if reason := M.nonfinite_reason(reference.per_sample, min_k_sources, f"reference log {reference.path}: "):
+        return None, reason
     ours_forget = per_sample[forget]["mia_min_k"]
     ours_holdout = per_sample[holdout]["mia_min_k"]
     reference_auc = mia.mia_auc([ref_forget[k] for k in ours_forget], [ref_holdout[k] for k in ours_holdout])
@@ -316,12 +396,13 @@ def check_reference(
     hashes: dict[str, dict[str, str]],
     forget_set: str,
     holdout_set: str,
-    fmt: PromptFormat,
+    settings: Sequence[SettingCheck],
 ) -> list[str]:
-    """Raise unless the reference log covers the same forget rows (and holdout rows, when it has them).
+    """Raise unless the reference log covers the same forget rows (and holdout rows, when it has them) and was
+    evaluated with the same strict `settings`; returns notes for the other settings that differ or that the
+    reference's summary does not record.
 
     A reference without the holdout set only nulls privleak; one without the forget set is the wrong file.
-    Returns notes (a label-mode mismatch).
     """
     if reference is None:
         return []
@@ -329,12 +410,45 @@ def check_reference(
         check_same_split(hashes[forget_set], reference, forget_set)
     if holdout_set in hashes and reference.values(holdout_set, HASH_KEY) is not None:
         check_same_split(hashes[holdout_set], reference, holdout_set)
-    if reference.label_mode is not None and reference.label_mode != fmt.label_mode:
-        return [
-            f"the reference log was scored with label_mode={reference.label_mode!r}, this run with "
-            f"{fmt.label_mode!r}: composite metrics compare different token spans"
-        ]
-    return []
+    return check_settings(reference, settings)
+
+
+def tofu_reference_settings(tokenizer, options: TofuEvalOptions, fmt: PromptFormat) -> list[SettingCheck]:
+    """What a TOFU reference log must share with this run (strict), or should (a note when it differs).
+
+    Everything that changes the forget truth ratios (forget quality's input) is strict: the label span and the
+    prompt (chat template on/off, system prompt, the rendered template itself). PromptFormat.max_length only
+    matters for sequences longer than the smaller of the two limits, and min_k only for the Min-K% scores: a
+    min_k mismatch leaves privleak null (see privleak_vs_reference) and forget quality valid.
+    """
+    prompt_changes = "the prompts differ, so truth ratios and MIA scores are not comparable"
+    checks = [
+        SettingCheck(("label_mode",), fmt.label_mode, True, "the scored token spans differ (truth ratios, MIA)"),
+        SettingCheck(("prompt_format", "use_chat_template"), fmt.use_chat_template, True, prompt_changes),
+        SettingCheck(("prompt_format", "system_prompt"), fmt.system_prompt, True, prompt_changes),
+        SettingCheck(
+            ("prompt_example",),
+            prompt_text(tokenizer, "{question}", fmt),
+            True,
+            "the chat templates render prompts differently, so truth ratios are not comparable",
+        ),
+        SettingCheck(
+            ("prompt_format", "max_length"),
+            fmt.max_length,
+            False,
+            "sequences longer than the smaller limit are cut differently (their scores differ)",
+        ),
+    ]
+    if "mia" in options.metrics:
+        checks.append(
+            SettingCheck(
+                ("options", "min_k"),
+                options.min_k,
+                False,
+                "Min-K% and Min-K%++ scores differ, so privleak is left null (forget quality is unaffected)",
+            )
+        )
+    return checks
 
 
 def evaluate_tofu(
@@ -351,14 +465,16 @@ def evaluate_tofu(
     sets, notes = prepare_tofu_sets(eval_sets, options)
     hashes = {name: {str(r["index"]): text_hash(r["question"]) for r in records} for name, records in sets.items()}
     reference = as_reference(reference_log)
-    notes += check_reference(reference, hashes, "forget", "holdout", fmt)
+    notes += check_reference(reference, hashes, "forget", "holdout", tofu_reference_settings(tokenizer, options, fmt))
 
     state = distributed_state()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     collator = PaddingCollator(pad_id, "right", mask_pad_ids=fmt.label_mode == "open_unlearning")
     stop_ids = end_of_turn_ids(tokenizer, fmt, model)
     mine = {
-        name: _score_set(name, shard(records, state), model, tokenizer, options, fmt, collator, stop_ids)
+        name: _score_set(
+            name, shard(records, state, options.batch_size), model, tokenizer, options, fmt, collator, stop_ids
+        )
         for name, records in sets.items()
     }
     per_sample = merge_per_sample(gather(mine, state))
@@ -374,5 +490,7 @@ def evaluate_tofu(
         "reference_log": str(reference.path) if reference else None,
         "row_counts": {name: len(records) for name, records in sets.items()},
         "higher_is_better": {key: M.summary_direction(key) for key in metrics},
+        # set -> metric -> indices of NaN / inf per-sample values (a diverged model); {} when all are finite.
+        "nonfinite_rows": M.nonfinite_table(per_sample),
     }
     return EvalResult("tofu", per_sample, metrics, reasons, notes, meta)

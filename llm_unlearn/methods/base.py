@@ -112,6 +112,33 @@ def forward_logits(model, batch: dict) -> torch.Tensor:
     return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 
 
+def has_sharded_parameters(model) -> bool:
+    """Whether a parameter is a DTensor (torch's `fully_shard`, FSDP2, or tensor parallelism): then no process
+    holds it whole."""
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(param, DTensor) for param in model.parameters())
+
+
+def gathered_state_dict(model) -> dict[str, torch.Tensor]:
+    """The model's state dict with whole tensors. DTensor parameters: a collective that every process must join;
+    the main process gets every tensor on the CPU, the others an empty dict. Otherwise the plain state dict."""
+    if not has_sharded_parameters(model):
+        return model.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if state:
+        # Tied parameters (lm_head and embeddings) come back as separate copies; share them again, as in a
+        # plain state dict, so that save_pretrained writes one tensor for them.
+        first_name = {}
+        for name, param in model.named_parameters(remove_duplicate=False):
+            if id(param) in first_name and name in state:
+                state[name] = state[first_name[id(param)]]
+            first_name.setdefault(id(param), name)
+    return state
+
+
 class _EpochAndGuardCallback(TrainerCallback):
     """Moves the paired dataset's retain cycle each epoch, and refuses non-finite gradients."""
 
@@ -302,9 +329,9 @@ class UnlearningTrainer(Trainer):
         super().log(logs, start_time)
 
     def shards_parameters(self) -> bool:
-        """FSDP or DeepSpeed ZeRO-3: no rank holds whole weights (per-loss gradients, buffers and exports
-        of whole tensors need a gather)."""
-        if self.is_fsdp_enabled:
+        """FSDP (accelerate's, or torch's `fully_shard` applied to the model) or DeepSpeed ZeRO-3: no rank holds
+        whole weights (per-loss gradients, buffers and exports of whole tensors need a gather)."""
+        if self.is_fsdp_enabled or has_sharded_parameters(self.model):
             return True
         plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
         return bool(self.is_deepspeed_enabled and plugin is not None and plugin.zero_stage == 3)
@@ -315,7 +342,8 @@ class UnlearningTrainer(Trainer):
         """Exports (`save_model(folder)` by users and methods) are written to a hidden `.<name>.partial` folder
         that the main process renames into place once complete, so a crash mid-save leaves no folder that
         looks finished. Checkpoints (`_internal_call`) keep the Trainer's in-place layout; resume skips an
-        incomplete one (llm_unlearn.runs.last_checkpoint). DeepSpeed may write from every rank: saved in place."""
+        incomplete one (llm_unlearn.runs.last_checkpoint). DeepSpeed may write from every rank: saved in place.
+        Sharded parameters (FSDP): every process joins the gather of whole tensors, the writer saves them."""
         if _internal_call or output_dir is None or self.is_deepspeed_enabled:
             super().save_model(output_dir, _internal_call)
             return
@@ -325,7 +353,16 @@ class UnlearningTrainer(Trainer):
         if writer:
             shutil.rmtree(staging, ignore_errors=True)
         try:
-            super().save_model(str(staging), _internal_call)
+            if self.shards_parameters():
+                # The Trainer's own FSDP save writes nothing under a sharded state-dict type and knows nothing of
+                # a model that torch's `fully_shard` sharded outside accelerate: gather whole tensors for both.
+                if self.is_fsdp_enabled:
+                    state = self.accelerator.get_state_dict(self.model)
+                else:
+                    state = gathered_state_dict(self.model)
+                self._save(str(staging), state_dict=state)
+            else:
+                super().save_model(str(staging), _internal_call)
         except BaseException:
             if writer:
                 shutil.rmtree(staging, ignore_errors=True)

@@ -1,10 +1,11 @@
-"""MOX: memorize, then extrapolate (DESIGN.md §4, the headline method).
+"""MOX: memorize, then extrapolate (the headline method).
 
 Training fits a *memorization model*: gradient descent on the forget set (NLL, or the NPO form) while
 KL(p_ref ‖ p_θ) on the retain batch keeps everything else where θ_ref had it. Export extrapolates through
 the original: θ_for = θ_ref + α(θ_ref − θ_mem); over LoRA this is exact by scaling B (no second model).
 With `momentum`, a callback keeps an fp32 EMA of the memorization delta θ_ref − θ_mem every
-`refresh_steps` steps; since the EMA is linear, the momentum model for every α is θ_ref + α·EMA.
+`refresh_steps` steps or at every epoch end; since the EMA is linear (and its weights sum to 1), the momentum
+model for every α, θ_ref + α·EMA, is the EMA of the extrapolated models θ_for.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from transformers import TrainerCallback
@@ -27,6 +29,7 @@ logger = logging.getLogger(__name__)
 MOX_FORGET_LOSSES = ("nll", "npo")
 MOX_EXPORTS = ("auto", "merged")
 MOMENTUM_EXPORTS = ("merged", "svd")
+MOMENTUM_REFRESHES = ("steps", "epoch")
 
 
 @dataclass
@@ -55,7 +58,16 @@ class MOXConfig(UnlearnConfig):
     )
     momentum: bool = field(default=False, metadata={"help": "Export the EMA of the extrapolated models."})
     momentum_eta: float = field(default=0.675, metadata={"help": "EMA weight η of the newest extrapolated model."})
-    refresh_steps: int = field(default=1, metadata={"help": "Refresh the EMA every N optimizer steps."})
+    momentum_refresh: Literal["steps", "epoch"] = field(
+        default="steps",
+        metadata={
+            "help": "When the EMA takes in a new extrapolated model: 'steps' (every refresh_steps optimizer steps) "
+            "or 'epoch' (at every epoch end; a final partial epoch counts as one)."
+        },
+    )
+    refresh_steps: int = field(
+        default=1, metadata={"help": "Refresh the EMA every N optimizer steps (momentum_refresh 'steps')."}
+    )
     momentum_export: str = field(
         default="merged", metadata={"help": "LoRA momentum export: 'merged' weights or 'svd' adapter."}
     )
@@ -66,12 +78,18 @@ class MOXConfig(UnlearnConfig):
         check_choice("forget_loss", self.forget_loss, MOX_FORGET_LOSSES)
         check_choice("export_mode", self.export_mode, MOX_EXPORTS)
         check_choice("momentum_export", self.momentum_export, MOMENTUM_EXPORTS)
+        check_choice("momentum_refresh", self.momentum_refresh, MOMENTUM_REFRESHES)
         for a in [self.alpha, *self.alphas]:
             xp.check_alpha(a)
         if not 0 < self.momentum_eta <= 1:
             raise ValueError(f"momentum_eta must be in (0, 1], not {self.momentum_eta}")
         if self.refresh_steps < 1:
             raise ValueError(f"refresh_steps must be >= 1, not {self.refresh_steps}")
+        if self.momentum_refresh == "epoch" and self.refresh_steps != 1:
+            raise ValueError(
+                f"refresh_steps={self.refresh_steps} is only used with momentum_refresh 'steps'; "
+                "with 'epoch' the EMA refreshes at every epoch end (drop refresh_steps)"
+            )
 
     def all_alphas(self) -> list[float]:
         return list(dict.fromkeys([float(self.alpha), *map(float, self.alphas)]))
@@ -90,8 +108,15 @@ class MOXTrainer(UnlearningTrainer):
                 "deepspeed_zero2.yaml), or with LoRA, or turn momentum off (plain MOX extrapolates the gathered "
                 "memorization model after training under FSDP/ZeRO-3)."
             )
+        if is_peft_model(self.model):
+            # Refuse what the export could not write now, not after training.
+            args = self.args
+            merged = args.export_mode == "merged" or (args.momentum and args.momentum_export == "merged")
+            xp.check_extrapolatable(self.model, merged=merged)
         if self.args.momentum:
-            self.momentum = MomentumCallback(self, self.args.momentum_eta, self.args.refresh_steps)
+            self.momentum = MomentumCallback(
+                self, self.args.momentum_eta, self.args.refresh_steps, self.args.momentum_refresh
+            )
             self.add_callback(self.momentum)
 
     @classmethod
@@ -126,6 +151,12 @@ class MOXTrainer(UnlearningTrainer):
     def export_unlearned(self, output_dir: str, alpha: float | None = None) -> dict:
         """Write θ_for for `alpha` (default: args.alpha); the momentum model when momentum is on."""
         alpha = xp.check_alpha(self.args.alpha if alpha is None else alpha)
+        if self.shards_parameters():
+            raise ValueError(
+                "MOX cannot extrapolate sharded weights (FSDP / ZeRO-3) in place: save the gathered memorization "
+                "model with save_memorization(folder) and extrapolate it with llm_unlearn.pipeline.extrapolate_saved, "
+                "as `llm-unlearn unlearn` does"
+            )
         model = self.accelerator.unwrap_model(self.model)
         info: dict = {"alpha": alpha, "momentum": bool(self.momentum)}
         if not self.accelerator.is_main_process:
@@ -154,16 +185,20 @@ class MOXTrainer(UnlearningTrainer):
 
 
 class MomentumCallback(TrainerCallback):
-    """fp32 EMA of the memorization delta d = θ_ref − θ_mem over trained weights (LoRA: adapted modules' s·BA).
+    """fp32 EMA of the memorization delta d = θ_ref − θ_mem over trained weights (LoRA: adapted modules'
+    s·BA and lora_bias s·b, plus modules_to_save as trained − original).
 
-    Refresh k: d̄ ← η·d_k + (1−η)·d̄ (first: copy). A refresh also happens at the end of training when the
-    last step was not one. The buffer is saved in every checkpoint (momentum.pt) and restored on resume.
+    Refresh k: d̄ ← η·d_k + (1−η)·d̄ (first: copy), every `refresh_steps` optimizer steps ("steps") or at each
+    epoch end ("epoch"). The epoch refresh runs in the epoch's last on_step_end, before the Trainer saves a
+    checkpoint at that step, so a checkpoint never misses it. A refresh also happens at the end of training
+    when the last step was not one (a partial last epoch, or steps not a multiple of refresh_steps). The buffer
+    is saved in every checkpoint (momentum.pt) and restored on resume.
     """
 
     FILE = "momentum.pt"
 
-    def __init__(self, trainer: UnlearningTrainer, eta: float, refresh_steps: int):
-        self.trainer, self.eta, self.refresh_steps = trainer, eta, refresh_steps
+    def __init__(self, trainer: UnlearningTrainer, eta: float, refresh_steps: int, refresh_on: str = "steps"):
+        self.trainer, self.eta, self.refresh_steps, self.refresh_on = trainer, eta, refresh_steps, refresh_on
         self.buffer: dict[str, torch.Tensor] = {}
         self.refreshes = 0
         self.last_refresh_step = -1
@@ -171,7 +206,7 @@ class MomentumCallback(TrainerCallback):
     def current_delta(self) -> dict[str, torch.Tensor]:
         model = self.trainer.accelerator.unwrap_model(self.trainer.model)
         if is_peft_model(model):
-            return {name: -delta for name, delta in xp.lora_deltas(model).items()}
+            return {name: -delta for name, delta in xp.memorization_deltas(model).items()}
         ref = dict(self.trainer.accelerator.unwrap_model(self.trainer.ref_model).named_parameters())
         return {
             name: ref[name].detach().float() - param.detach().float()
@@ -191,7 +226,13 @@ class MomentumCallback(TrainerCallback):
         self.last_refresh_step = step
 
     def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step % self.refresh_steps == 0:
+        if self.refresh_on == "epoch":
+            # The Trainer sets state.epoch = epoch + (step + 1) / steps_in_epoch, a whole number exactly at the
+            # epoch's last optimizer step.
+            due = abs(state.epoch - round(state.epoch)) < 1e-9
+        else:
+            due = state.global_step % self.refresh_steps == 0
+        if due:
             self.refresh(state.global_step)
 
     def on_train_end(self, args, state, control, **kwargs):
@@ -221,7 +262,12 @@ class MomentumCallback(TrainerCallback):
     def export(self, output_dir: str, alpha: float) -> dict:
         trainer = self.trainer
         model = trainer.accelerator.unwrap_model(trainer.model)
-        info = {"eta": self.eta, "refresh_steps": self.refresh_steps, "refreshes": self.refreshes}
+        info = {
+            "eta": self.eta,
+            "momentum_refresh": self.refresh_on,
+            "refresh_steps": self.refresh_steps if self.refresh_on == "steps" else None,
+            "refreshes": self.refreshes,
+        }
         if not is_peft_model(model):
             ref = xp.model_state(trainer.accelerator.unwrap_model(trainer.ref_model))
             state = {k: (v.float() + alpha * self.buffer[k]) if k in self.buffer else v.float() for k, v in ref.items()}
@@ -230,7 +276,8 @@ class MomentumCallback(TrainerCallback):
             )
             return {**info, "kind": "model"}
         if trainer.args.momentum_export == "merged":
-            state = xp.merged_extrapolated_state(model, 0.0)  # θ_ref itself, as fp32 base weights
+            xp.check_extrapolatable(model, merged=True)
+            state = xp.reference_state(model)  # θ_ref as fp32 base weights
             for name, delta in self.buffer.items():
                 state[name] = state[name] + alpha * delta
             xp.save_model_state(
@@ -240,19 +287,27 @@ class MomentumCallback(TrainerCallback):
         return {**info, **self.export_svd_adapter(model, output_dir, alpha)}
 
     def export_svd_adapter(self, model, output_dir: str, alpha: float) -> dict:
-        """Compress α·d̄ per module into a rank-k adapter (scaling 1); record the relative error."""
+        """Compress α·d̄ per LoRA module into a rank-k adapter (scaling 1); record the relative error.
+        lora_bias biases and modules_to_save are written exactly (θ_ref + α·d̄)."""
+        xp.check_extrapolatable(model, merged=False)  # DoRA & co.: d̄ is not what their factors would express
         rank = self.trainer.args.svd_rank or 4 * model.peft_config["default"].r
         state, errors, total_sq, err_sq = {}, {}, 0.0, 0.0
-        for module_name, _ in xp._lora_layers(model, "default"):
-            key = f"{xp._base_param_name(module_name)}.weight"
-            target = alpha * self.buffer[key]
-            b, a, rel = xp.svd_factors(target, rank)
-            state[f"{module_name}.lora_A.weight"] = a.contiguous()
-            state[f"{module_name}.lora_B.weight"] = b.contiguous()
+        for module_name, module in xp._lora_layers(model, "default"):
+            base = xp._base_param_name(module_name)
+            target = alpha * self.buffer[f"{base}.weight"]
+            # B·A is the delta itself, or its transpose for embeddings and fan_in_fan_out layers.
+            product = target.T if xp._product_is_transposed(module, "default") else target
+            b, a, rel = xp.svd_factors(product, rank)
+            a_key, b_key = xp._factor_keys(module_name, module, "default")
+            state[a_key], state[b_key] = _pad_rank(a, rank, dim=0), _pad_rank(b, rank, dim=1)
+            if f"{base}.bias" in self.buffer:
+                state[f"{module_name}.lora_B.bias"] = (alpha * self.buffer[f"{base}.bias"]).contiguous()
             norm_sq = float(target.pow(2).sum())
             total_sq += norm_sq
             err_sq += rel**2 * norm_sq
-            errors[key] = rel
+            errors[f"{base}.weight"] = rel
+        for key, (ref, _) in xp._modules_to_save(model, "default").items():
+            state[key] = ref.detach().float() + alpha * self.buffer[xp._base_param_name(key)]
         overall = math.sqrt(err_sq / total_sq) if total_sq > 0 else 0.0
         details = {
             "svd_rank": rank,
@@ -267,3 +322,13 @@ class MomentumCallback(TrainerCallback):
             self.trainer.processing_class.save_pretrained(output_dir)
         logger.info("momentum SVD adapter rank %d: relative error %.4f", rank, overall)
         return {**details, "kind": "adapter"}
+
+
+def _pad_rank(factor: torch.Tensor, rank: int, dim: int) -> torch.Tensor:
+    """Zero-pad an SVD factor to the adapter rank when the layer has fewer singular values than the rank."""
+    missing = rank - factor.shape[dim]
+    if missing > 0:
+        shape = list(factor.shape)
+        shape[dim] = missing
+        factor = torch.cat([factor, factor.new_zeros(shape)], dim=dim)
+    return factor.contiguous()

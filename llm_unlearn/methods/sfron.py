@@ -1,4 +1,4 @@
-"""SFR-on: saliency-masked forgetting steps interleaved with retain steps (DESIGN.md §4).
+"""SFR-on: saliency-masked forgetting steps interleaved with retain steps.
 
 An adaptation to causal LMs of a method published for image classifiers ("saliency forgetting in the
 remain-preserving manifold, online"). Before training, diagonal Fishers of the answer NLL are estimated on
@@ -6,11 +6,16 @@ the forget set (F_f) and a retain subset (F_r); a weight is *salient* when F_f/F
 a retain step (NLL, or KL to θ_ref), and every `forget_freq` steps a forget step comes first:
 
 * adaptive-weighted gradient ascent, loss −mean_i w_i·ℓ_i with w_i ∝ ℓ_i^(−λ) normalized to mean 1 (samples
-  that are still well remembered, small ℓ_i, weigh more);
+  that are still well remembered, small ℓ_i, weigh more), scaled by the forget strength
+  a_t = a_0·(1 + cos(πt/T))/2 (t = global step, T = total steps);
 * its gradient is multiplied by the saliency mask and norm-clipped to `forget_clip`;
-* it is applied by the same optimizer as the retain steps with the learning rate scaled by
-  a_t = a_0·(1 + cos(πt/T))/2 (t = global step, T = total steps). With SGD this equals scaling the gradient;
-  with Adam a gradient scale would mostly be normalized away, so the schedule acts on the step size.
+* it is applied by the same optimizer as the retain steps, at the current learning rate.
+
+The strength scales the loss, before masking and clipping, as the SFR-on authors' code does. Scaling the
+forget step's learning rate instead is almost inert when forget and retain steps share AdamW's moments: the
+forget gradient enters the moments in full and is applied by the later retain steps at the full learning
+rate. When a_t = 0 the forget step is skipped outright, so strength 0 is exactly training without forget
+steps (a zero gradient would still step AdamW: decay its moments, advance its step count, decay weights).
 
 Fisher memory: F_f and F_r are never held at once. One fp32 buffer per target accumulates F_f − γ·F_r
 (squared gradients of the forget samples added with weight 1/n_f, those of the retain samples subtracted
@@ -50,9 +55,12 @@ class SFROnConfig(UnlearnConfig):
     """Saliency-masked adaptive gradient ascent every `forget_freq` steps, a retain step every step."""
 
     forget_freq: int = field(default=2, metadata={"help": "Take a forget step every N steps (choice: 2)."})
-    forget_lr_scale: float = field(
+    forget_strength: float = field(
         default=1.0,
-        metadata={"help": "a_0: the forget step's learning rate is a_0·(1+cos(πt/T))/2 times the current lr."},
+        metadata={
+            "help": "a_0: the forget loss is scaled by a_0·(1+cos(πt/T))/2 before masking and clipping "
+            "(0: no forget steps)."
+        },
     )
     sample_weight_power: float = field(
         default=0.5, metadata={"help": "λ in the per-sample forget weights w_i ∝ ℓ_i^(−λ) (normalized to mean 1)."}
@@ -76,7 +84,7 @@ class SFROnConfig(UnlearnConfig):
         for name in ("forget_freq", "fisher_samples", "fisher_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
-        for name in ("forget_lr_scale", "sample_weight_power", "saliency_gamma"):
+        for name in ("forget_strength", "sample_weight_power", "saliency_gamma"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, not {getattr(self, name)}")
         if self.forget_clip <= 0:
@@ -314,8 +322,12 @@ class SFROnTrainer(UnlearningTrainer):
         return super().training_step(model, inputs, num_items_in_batch)
 
     def forget_step(self, model, batch: dict) -> None:
-        """One optimizer step of masked, clipped, adaptive-weighted gradient ascent on a forget batch."""
+        """One optimizer step of masked, clipped, adaptive-weighted gradient ascent on a forget batch, its loss
+        scaled by the forget strength a_t; no step at all when a_t = 0 (the same on every process)."""
         args = self.args
+        scale = forget_schedule(self.state.global_step, self.state.max_steps, args.forget_strength)
+        if scale == 0:
+            return
         net = self.accelerator.unwrap_model(model)
         params = [p for p in net.parameters() if p.requires_grad]
         if any(p.grad is not None for p in params):
@@ -332,7 +344,7 @@ class SFROnTrainer(UnlearningTrainer):
         weights = adaptive_weights(nll, args.sample_weight_power, mean_inverse)
         loss = -(weights * nll).mean()
         with self.accelerator.no_sync(model):
-            self.accelerator.backward(loss)
+            self.accelerator.backward(scale * loss)
         if self.accelerator.num_processes > 1:
             for p in params:
                 if p.grad is None:
@@ -343,16 +355,10 @@ class SFROnTrainer(UnlearningTrainer):
         norm = clip_grads_(params, args.forget_clip)
         if not math.isfinite(norm):
             self.fail_non_finite("sfron forget gradient")
-        scale = forget_schedule(self.state.global_step, self.state.max_steps, args.forget_lr_scale)
         optimizer = getattr(self.optimizer, "optimizer", self.optimizer)  # the torch optimizer itself
-        saved = [group["lr"] for group in optimizer.param_groups]
-        for group in optimizer.param_groups:
-            group["lr"] = group["lr"] * scale
         try:
             optimizer.step()
         finally:
-            for group, lr in zip(optimizer.param_groups, saved):
-                group["lr"] = lr
             for p in params:
                 p.grad = None
         self.forget_steps += 1

@@ -133,6 +133,8 @@ def all_reduce_mean(tensor: torch.Tensor, num_processes: int) -> torch.Tensor:
 def refuse_sharded_gradients(trainer: UnlearningTrainer, method: str) -> None:
     """Methods that take inner products of per-loss gradients need each full gradient on every process."""
     kind = trainer.accelerator.distributed_type
+    if trainer.shards_parameters():  # also torch's `fully_shard` applied to the model, which accelerate never sees
+        kind = DistributedType.FSDP
     if (
         trainer.is_fsdp_enabled
         or trainer.is_deepspeed_enabled

@@ -36,6 +36,12 @@ class TaskVectorTrainer(UnlearningTrainer):
 
     def export_unlearned(self, output_dir: str, alpha: float | None = None) -> dict:
         alpha = xp.check_alpha(self.args.alpha if alpha is None else alpha)
+        if self.shards_parameters():
+            raise ValueError(
+                "task_vector cannot negate sharded weights (FSDP / ZeRO-3) in place: save the gathered fine-tuned "
+                "model with save_model(folder) and extrapolate it with llm_unlearn.pipeline.extrapolate_saved, "
+                "as `llm-unlearn unlearn` does"
+            )
         model = self.accelerator.unwrap_model(self.model)
         if not self.accelerator.is_main_process:
             return {"alpha": alpha}

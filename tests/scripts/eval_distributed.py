@@ -98,12 +98,17 @@ def main() -> None:
     model = AutoModelForCausalLM.from_pretrained(args.model)
     out = Path(args.out)
     evaluate_all(model, tokenizer, out)
+    finish(state, out)
+
+
+def finish(state, out: Path) -> None:
+    """Mark the run done once every process got here, then exit without interpreter teardown: gloo sometimes
+    aborts at exit after all work is done."""
     state.wait_for_everyone()
     if state.is_main_process:
         (out / "done").write_text(str(state.num_processes))
     sys.stdout.flush()
     sys.stderr.flush()
-    # gloo sometimes aborts at interpreter exit after all work is done (DESIGN.md §9): skip the teardown.
     os._exit(0)
 
 
