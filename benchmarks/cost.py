@@ -36,7 +36,7 @@ GPU_SIZES = {"batch": 32, "timed_steps": 5, "eval_rows": None, "eval_new_tokens"
 WARMUP_STEPS = 1
 EVAL_BATCH_SIZES = (1, 16)  # batch 1 against TofuEvalOptions' default batch size
 
-# Method settings that keep one-off setup small (SFR-on's Fisher pass) or follow DESIGN defaults.
+# Method settings that keep one-off setup small (SFR-on's Fisher pass) or pin a method default (task vectors: MUSE's α = 5).
 WORKER_SETTINGS = {"sfron": {"fisher_samples": 8, "fisher_batch_size": 2}, "task_vector": {"alpha": 5.0}}
 
 

@@ -1,4 +1,4 @@
-"""Share a run folder on the Hugging Face Hub with its generated model card (DESIGN.md §7).
+"""Share a run folder on the Hugging Face Hub with its generated model card (docs/design.md, Sharing on the Hub).
 
 `push_run` checks the folder holds an adapter or model weights, writes README.md (the model card, built from
 the run's own files), then creates the repo and uploads the model files in one commit. Checkpoints, optimizer

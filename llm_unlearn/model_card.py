@@ -1,4 +1,5 @@
-"""Model cards built only from files a run wrote (DESIGN.md §7): nothing in a card is typed in by hand.
+"""Model cards built only from files a run wrote (docs/design.md, Sharing on the Hub): nothing in a card is typed
+in by hand.
 
 Inputs, relative to the run folder:
 
@@ -9,7 +10,8 @@ Inputs, relative to the run folder:
        "data": {"dataset": str, "splits": {name: {"rows": int, "sha256": str}}},
        "seed": int, "versions": {package: version | null}, "git_commit": str | null, "toolkit_version": str}
 
-* ``eval/summary.json`` (optional): ``{"suite": "tofu" | "muse", "metrics": {name: float | null}, "options": {...}}``
+* ``eval/summary.json`` (optional; or ``../eval/summary.json``, where the evaluate stage writes by default, when
+  that evaluation's run_info.json names this folder): ``{"suite": "tofu" | "muse", "metrics": {name: float | null}, "options": {...}}``
 * ``adapter_config.json`` marks a PEFT adapter folder; otherwise the folder holds full weights.
 
 `write_model_card` writes the card to ``README.md`` atomically (temp file + os.replace).
@@ -32,7 +34,7 @@ EVAL_SUMMARY = "eval/summary.json"
 ADAPTER_CONFIG = "adapter_config.json"
 CARD_NAME = "README.md"
 
-# The Hub release the offline SmolLM2 GGUF was quantized from, and its license (Apache-2.0, DESIGN.md §3).
+# The Hub release the offline SmolLM2 GGUF was quantized from, and its license (Apache-2.0).
 SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 SMOLLM2_ALIASES = {SMOLLM2_NAME, "smollm2", "huggingfacetb/smollm2-135m-instruct-gguf-offline"}
 KNOWN_LICENSES = {SMOLLM2_HUB_ID.lower(): "apache-2.0"}
@@ -126,10 +128,26 @@ def load_run_info(run_dir: str | os.PathLike) -> dict:
     return info
 
 
+def eval_summary_path(run_dir: str | os.PathLike) -> Path | None:
+    """The evaluation of the model in `run_dir`: ``<run_dir>/eval/summary.json``, else the evaluate stage's
+    default folder beside the model (``<run_dir>/../eval``) when its run_info.json names this model folder."""
+    run_dir = Path(run_dir)
+    inside = run_dir / EVAL_SUMMARY
+    if inside.is_file():
+        return inside
+    beside = run_dir.parent / EVAL_SUMMARY
+    info_path = beside.parent / RUN_INFO
+    if beside.is_file() and info_path.is_file():
+        evaluated = json.loads(info_path.read_text()).get("model_path")
+        if evaluated and Path(evaluated).resolve() == run_dir.resolve():
+            return beside
+    return None
+
+
 def load_eval_summary(run_dir: str | os.PathLike) -> dict | None:
-    """Read ``eval/summary.json`` if the run evaluated the model; None when it did not."""
-    path = Path(run_dir) / EVAL_SUMMARY
-    if not path.is_file():
+    """Read the evaluation summary of the model in `run_dir` (see eval_summary_path); None when it has none."""
+    path = eval_summary_path(run_dir)
+    if path is None:
         return None
     summary = load_json(path)
     _require(isinstance(summary, dict), path, "<top level>", "a JSON object", type(summary).__name__)

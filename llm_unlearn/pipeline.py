@@ -76,7 +76,7 @@ class RunOptions:
 @dataclass
 class EvalSettings:
     """suite: 'tofu'. model_path: folder of the model or adapter to evaluate (default: the run's unlearned/).
-    output_dir: where results go (default: <model_path>/eval). reference_log: the retain model's
+    output_dir: where results go (default: `eval` beside the model folder). reference_log: the retain model's
     per_sample.json (or its folder) for forget quality and privleak. options: the suite's option fields.
     every_n_steps: during unlearning, also run the suite every N optimizer steps (0 = never); results go to
     the trainer's log and <output_dir>/eval_steps/eval_steps.jsonl. during_training_sets: the sets evaluated
@@ -581,7 +581,8 @@ def run_extrapolate(spec: RunSpec, options: RunOptions) -> Path:
 
 def run_evaluate(spec: RunSpec, options: RunOptions) -> Path:
     """Evaluate `evaluation.model_path` (default: <training.output_dir>/unlearned); writes per_sample.json and
-    summary.json into `evaluation.output_dir` (default: <model_path>/eval)."""
+    summary.json into `evaluation.output_dir` (default: an `eval` folder beside the model folder, where the model
+    card of a pushed model folder finds it)."""
     from .evaluation.muse import MuseEvalOptions
     from .evaluation.runner import run_evaluation
     from .evaluation.tofu import TofuEvalOptions

@@ -82,7 +82,7 @@ def launch_2proc(script_and_args: list[str]) -> list[str]:
 
 def run_until_done(command: list[str], done: Path, timeout: int = 300) -> None:
     """Run a (multi-process) command until `done` exists. One retry: gloo occasionally aborts a process at
-    start-up or exit after the work is done (DESIGN.md §9)."""
+    start-up or exit after the work is done (docs/design.md, Multi-process and sharded runs)."""
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",

@@ -426,9 +426,7 @@ def _(ctx: Ctx) -> str:
 
     tokenizer = load_tokenizer("smollm2-135m-instruct")
     model = tiny_llama(len(tokenizer), seed=0)
-    rows = [
-        {"index": i, "question": f"Where was author {i} born?", "answer": f"In town {i}."} for i in range(2)
-    ]
+    rows = [{"index": i, "question": f"Where was author {i} born?", "answer": f"In town {i}."} for i in range(2)]
     sets = {"forget": rows, "holdout": rows}
     options = TofuEvalOptions(batch_size=2, sets=("forget", "holdout"), metrics=("mia",))
     run_evaluation(model, tokenizer, "tofu", sets, ctx.tmp / "retain_eval", options)  # label_mode answer_eot

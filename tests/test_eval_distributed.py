@@ -1,4 +1,4 @@
-"""1 and 2 CPU processes give the same per-sample evaluation values (DESIGN.md §5 Distributed)."""
+"""1 and 2 CPU processes give the same per-sample evaluation values (docs/design.md, Evaluation: Sharding)."""
 
 import importlib.util
 import json

@@ -282,8 +282,8 @@ def test_callback_logs_every_n_steps_during_training(tokenizer, tiny_model, tmp_
 
 @pytest.mark.slow
 def test_real_smollm2_scores_match_design_measurements(tokenizer, smollm2, tofu_dir):
-    """DESIGN.md §3/§5 facts on forget01 before fine-tuning: answer NLL around 2 (all 40 rows: 2.19 here,
-    "about 2.5" in DESIGN; these 6 rows: 1.34; a random model: ~10.8), and open-unlearning's span and mask
+    """Measured facts on forget01 before fine-tuning: answer NLL around 2 (all 40 rows: 2.19 here, against an
+    earlier estimate of "about 2.5"; these 6 rows: 1.34; a random model: ~10.8), and open-unlearning's span and mask
     move per-sample answer probabilities by 0.84-1.10x (all 40 rows here: 0.835-1.097)."""
     rows = [json.loads(line) for line in (tofu_dir / "forget01_perturbed.json").read_text().splitlines()[:6]]
     sets = {"forget": [{**row, "index": i} for i, row in enumerate(rows)]}

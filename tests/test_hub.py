@@ -9,6 +9,7 @@ but the loopback, so nothing can reach huggingface.co even by mistake.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import shlex
@@ -51,7 +52,7 @@ def run_info(method: str = "mox", base_model: str = "smollm2-135m-instruct") -> 
         "eta": 0.675,
         "base_model": base_model,
         "base_model_revision": None,
-        "data": {"dataset": "tofu", "forget_split": "forget01", "splits": SPLITS},
+        "data": {"dataset": "tofu", "forget_split": "forget01", "splits": copy.deepcopy(SPLITS)},  # tests edit it
         "seed": 1234,
         "versions": {"torch": "2.13.0", "transformers": "5.24.0", "peft": "0.21.2"},
         "git_commit": "0123456789abcdef0123456789abcdef01234567",
@@ -359,3 +360,22 @@ def test_run_info_errors_name_file_and_key(tmp_path):
     (tmp_path / "run_info.json").write_text('{\n  "method": "mox",\n}')
     with pytest.raises(RunInfoError, match="run_info.json: line 3, column 1"):
         load_run_info(tmp_path)
+
+
+def test_card_finds_the_evaluate_stage_default_folder_beside_the_model(tmp_path):
+    """`llm-unlearn evaluate` writes <run>/eval beside <run>/unlearned; pushing <run>/unlearned must still show
+    those metrics, and an evaluation of another model folder must not be picked up."""
+    folder = tmp_path / "run" / "unlearned"
+    write_json(folder / "config.json", {"model_type": "llama"})
+    (folder / "model.safetensors").write_bytes(b"weights")
+    write_json(folder / "run_info.json", run_info())
+    beside = tmp_path / "run" / "eval"
+    write_json(beside / "summary.json", {"suite": "tofu", "metrics": METRICS, "options": {}})
+    write_json(beside / "run_info.json", {"stage": "evaluate", "model_path": str(tmp_path / "run" / "other")})
+    assert "No evaluation was run for this model" in build_model_card(folder, repo_id=REPO_ID)
+
+    write_json(beside / "run_info.json", {"stage": "evaluate", "model_path": str(folder)})
+    card = build_model_card(folder, repo_id=REPO_ID)
+    assert "No evaluation was run" not in card
+    for name, value in METRICS.items():
+        assert f"| {name} | {value!r} |" in card

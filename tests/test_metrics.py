@@ -1,4 +1,4 @@
-"""Hand-computed cases for every evaluation metric (DESIGN.md §5)."""
+"""Hand-computed cases for every evaluation metric (definitions: docs/metrics.md)."""
 
 import itertools
 import math

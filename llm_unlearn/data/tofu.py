@@ -5,7 +5,7 @@ Splits load from a local folder (`<folder>/<split>.json`, JSON Lines as publishe
 forgetNN is the last 2/10/20 authors of full.json and retainNN its exact complement; forgetNN_perturbed
 follows forgetNN row by row; retain_perturbed is the first 400 rows of full.json (authors 0-19).
 
-Holdout (DESIGN.md section 2, choice): the Hub-only holdoutNN splits are missing offline, so by default the
+Holdout (a project choice; docs/design.md, Data and labels): the Hub-only holdoutNN splits are missing offline, so by default the
 toolkit holds out the block of as many authors as the forget set that ends just before row 3600 (the first
 row of forget10). That block overlaps no forgetNN and not retain_perturbed; its rows are removed from
 target/retain training and from D_r, recorded in `meta`, and serve as the non-member set for MIA/privleak.

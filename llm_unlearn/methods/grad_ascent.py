@@ -1,4 +1,4 @@
-"""Gradient ascent (`ga`) and GradDiff (`grad_diff`): DESIGN.md §4 baselines."""
+"""Gradient ascent (`ga`) and GradDiff (`grad_diff`) baselines (docs/design.md, Methods: Baselines)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""IdK (`idk`): learn refusal answers on the forget questions while keeping the retain NLL (DESIGN.md §4)."""
+"""IdK (`idk`): learn refusal answers on the forget questions while keeping the retain NLL."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""NPO and SimNPO (DESIGN.md §4). logp is the summed answer log-probability of a sample."""
+"""NPO and SimNPO (docs/design.md, Methods: Baselines). logp is the summed answer log-probability of a sample."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Gradient surgery between the forget and the retain loss: `eupmu`, `ungrad` and `pcgrad` (DESIGN.md §4).
+"""Gradient surgery between the forget and the retain loss: `eupmu`, `ungrad` and `pcgrad`.
 
 These are adaptations to causal LMs of methods published for image classifiers: unilateral gradient surgery
 (EUPMU, implicit and explicit forms) and PCGrad, a multi-task method used here as a comparison. What changes
