@@ -18,6 +18,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from run_benchmark import table_rows
+
 REPO = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- tables:begin -->", "<!-- tables:end -->"
 SCALE_ORDER = ("gpu", "cpu", "toy")
@@ -29,22 +31,6 @@ MAIN_METRICS = (
     ("forget_rougeL_recall", "forget ROUGE-L ↓"),
     ("retain_rougeL_recall", "retain ROUGE-L ↑"),
     ("privleak", "privleak (→0)"),
-)
-VARIANT_LABELS = {"mox": "MOX", "mox_momentum": "MOX-momentum"}
-# Row order of the selected-runs table: MOX first, then the baselines roughly by family.
-ROW_ORDER = (
-    "mox",
-    "mox_momentum",
-    "ga",
-    "grad_diff",
-    "npo",
-    "simnpo",
-    "idk",
-    "task_vector",
-    "eupmu",
-    "ungrad",
-    "pcgrad",
-    "sfron",
 )
 WEIGHTS_ORDER = ("lora", "full")
 
@@ -73,6 +59,10 @@ def load_surgery(results: Path) -> dict | None:
     return json.loads(file.read_text()) if file.is_file() else None
 
 
+# benchmarks/surgery_vs_ga.py compares every method with this one; its row comes first.
+SURGERY_REFERENCE = "ga"
+
+
 def surgery_section(surgery: dict | None) -> list[str]:
     """benchmarks/surgery_vs_ga.py: change of forget / retain answer NLL after the same steps as GA."""
     if not surgery:
@@ -95,7 +85,7 @@ def surgery_section(surgery: dict | None) -> list[str]:
             {True: "yes", False: "no", None: "–"}[row.get("retain_damage_below_ga")],
             fmt_number(row.get("train_seconds")),
         ]
-        for method, row in sorted(surgery.get("results", {}).items(), key=lambda item: item[0] != "ga")
+        for method, row in sorted(surgery.get("results", {}).items(), key=lambda item: item[0] != SURGERY_REFERENCE)
     ]
     headers = [
         "method",
@@ -128,9 +118,11 @@ def fmt_lr(value) -> str:
 
 
 def choice_order(key: str) -> tuple:
-    """Choice keys are '<setting>/<weights>/<method or variant>'."""
+    """Choice keys are '<setting>/<weights>/<method or variant>'. Rows follow the method registry, each method
+    followed by its family's variants (run_benchmark.table_rows); names it does not know come last."""
     _, weights, method = key.split("/")
-    rank = ROW_ORDER.index(method) if method in ROW_ORDER else len(ROW_ORDER)
+    row_order = list(table_rows())
+    rank = row_order.index(method) if method in row_order else len(row_order)
     return (WEIGHTS_ORDER.index(weights) if weights in WEIGHTS_ORDER else len(WEIGHTS_ORDER), rank, method)
 
 
@@ -151,7 +143,7 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def method_label(run: dict) -> str:
     variant = run.get("variant") or run.get("method")
-    return VARIANT_LABELS.get(variant, variant)
+    return table_rows().get(variant, variant)
 
 
 def cost_ratios(cost: dict | None) -> dict:
@@ -166,8 +158,8 @@ def cost_ratios(cost: dict | None) -> dict:
 
 
 def cost_key(run: dict) -> tuple[str, str]:
-    method = "mox_momentum" if run.get("variant") == "mox_momentum" else run["method"]
-    return method, run.get("weights", "lora")
+    # cost.json names rows like the results: a family variant by its variant name, other runs by their method.
+    return run.get("variant") or run["method"], run.get("weights", "lora")
 
 
 def selected_rows(scale: dict, setting: str, cost: dict | None) -> list[list[str]]:
@@ -272,7 +264,7 @@ def plot_scale(name: str, scale: dict, out: Path) -> Path | None:
                     label = run["kind"]
                 else:
                     label = method_label(run) + ("" if run.get("weights") == "lora" else f" ({run.get('weights')})")
-                    if run.get("alpha") is not None and run.get("method") == "mox":
+                    if run.get("alpha") is not None:  # the α sweep's runs (other methods record none)
                         label += f" α={run['alpha']:g}"
                 points.append((label, mu, max(fq, 1e-300), run_name in chosen or run.get("kind") != "unlearn"))
     if not points:

@@ -53,21 +53,39 @@ SELECTION_RULE = (
     "rule never peeks at the oracle."
 )
 
-# Method -> family; each family has its own learning-rate grid per scale and weight mode.
-FAMILIES = {
-    "ga": "ascent",
-    "grad_diff": "ascent",
-    "npo": "ascent",
-    "simnpo": "ascent",
-    "eupmu": "ascent",
-    "ungrad": "ascent",
-    "pcgrad": "ascent",
-    "sfron": "ascent",
-    "idk": "descent",
-    "task_vector": "descent",
-    "mox": "mox",
-}
-MOX_VARIANTS = ("mox", "mox_momentum")
+# The benchmark protocol of a family: "mox" (memorize, then extrapolate) sweeps α and adds a momentum variant
+# from the same memorization run; every other family is a plain learning-rate grid. Variant suffixes per family.
+MOX_FAMILY = "mox"
+FAMILY_VARIANTS = {MOX_FAMILY: ("", "_momentum")}
+VARIANT_LABELS = {"": "", "_momentum": "-momentum"}  # suffix of the variant's name in the tables
+
+
+def method_families() -> dict[str, str]:
+    """Method -> family, read from each registered trainer; each family has its own learning-rate grid per scale
+    and weight mode."""
+    from llm_unlearn.methods import METHODS
+
+    return {name: method.trainer.family for name, method in METHODS.items()}
+
+
+def method_variants(method: str, family: str) -> tuple[str, ...]:
+    """The result names a method's runs are filed under: the method itself, plus its family's variants."""
+    return tuple(f"{method}{suffix}" for suffix in FAMILY_VARIANTS.get(family, ("",)))
+
+
+def table_rows() -> dict[str, str]:
+    """Every method and variant in table order (registry order, each method followed by its variants) -> its
+    label in the tables (the trainer's display name, or the registry name)."""
+    from llm_unlearn.methods import METHODS
+
+    rows = {}
+    for name, method in METHODS.items():
+        for suffix in FAMILY_VARIANTS.get(method.trainer.family, ("",)):
+            rows[f"{name}{suffix}"] = (method.trainer.display_name or name) + VARIANT_LABELS[suffix]
+    return rows
+
+
+FAMILIES = method_families()  # at import, as the tests read it; the harness itself calls method_families()
 
 
 @dataclass(frozen=True)
@@ -135,10 +153,10 @@ TOY = Scale(
     lr_grid={
         ("ascent", "lora"): (1e-3, 1e-4),
         ("descent", "lora"): (1e-3, 1e-4),
-        ("mox", "lora"): (1e-3,),
+        (MOX_FAMILY, "lora"): (1e-3,),
         ("ascent", "full"): (1e-4, 1e-5),
         ("descent", "full"): (1e-4, 1e-5),
-        ("mox", "full"): (1e-4, 1e-5),
+        (MOX_FAMILY, "full"): (1e-4, 1e-5),
     },
     alphas=(2.0, 0.5),  # a short sweep: the toy checks plumbing, the real scales sweep 0.5 to 8 or 16
     eval_options={"batch_size": 4, "max_new_tokens": 4},
@@ -171,8 +189,8 @@ CPU = Scale(
         # target's utility after 5 steps, so the utility rule only binds from 3e-3.
         ("ascent", "lora"): (3e-3, 1e-3, 3e-4, 1e-4),
         ("descent", "lora"): (3e-3, 1e-3, 3e-4),
-        ("mox", "lora"): (1e-3,),
-        ("mox", "full"): (3e-5, 1e-5),
+        (MOX_FAMILY, "lora"): (1e-3,),
+        (MOX_FAMILY, "full"): (3e-5, 1e-5),
     },
     alphas=(16.0, 8.0, 4.0, 2.0, 1.0, 0.5),
     eval_options={"batch_size": 10, "max_new_tokens": 40},
@@ -200,10 +218,10 @@ GPU = Scale(
     lr_grid={
         ("ascent", "lora"): (1e-4, 3e-5),
         ("descent", "lora"): (3e-4, 1e-4),
-        ("mox", "lora"): (3e-4, 1e-4),
+        (MOX_FAMILY, "lora"): (3e-4, 1e-4),
         ("ascent", "full"): (1e-5, 3e-6),
         ("descent", "full"): (3e-5, 1e-5),
-        ("mox", "full"): (3e-5, 1e-5),
+        (MOX_FAMILY, "full"): (3e-5, 1e-5),
     },
     alphas=(8.0, 4.0, 2.0, 1.0, 0.5),
     eval_options={"batch_size": 32, "max_new_tokens": 200},
@@ -590,7 +608,7 @@ def record_run(
         "setting": ctx.setting.name,
         "method": method,
         "variant": variant,
-        "family": FAMILIES.get(method),
+        "family": method_families()[method],
         "weights": weights,
         "learning_rate": lr,
         "alpha": alpha,
@@ -674,21 +692,25 @@ def run_baseline(ctx: Context, method: str, weights: str) -> None:
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
-    choose_along_grid(ctx, f"{weights}/{method}", ctx.scale.lr_grid[(FAMILIES[method], weights)], run_at)
+    choose_along_grid(ctx, f"{weights}/{method}", ctx.scale.lr_grid[(method_families()[method], weights)], run_at)
 
 
-def mox_names(ctx: Context, weights: str, lr: float) -> dict[str, str]:
+def mox_names(ctx: Context, method: str, weights: str, lr: float) -> dict[str, str]:
     stem = f"{ctx.setting.name}-{weights}-{{variant}}-lr{lr_tag(lr)}"
-    return {variant: stem.format(variant=variant) for variant in MOX_VARIANTS}
+    return {variant: stem.format(variant=variant) for variant in method_variants(method, MOX_FAMILY)}
 
 
-def run_mox_grid_point(ctx: Context, weights: str, lr: float, plain_alphas: list[float], momentum_alpha: float | None):
+def run_mox_grid_point(
+    ctx: Context, method: str, weights: str, lr: float, plain_alphas: list[float], momentum_alpha: float | None
+):
     """One memorization run (momentum on) → plain θ_for for `plain_alphas`, momentum θ_for for `momentum_alpha`.
 
     Returns {(variant, α): result}. Results already on disk are read, and nothing is trained when all exist.
     """
-    names = mox_names(ctx, weights, lr)
-    wanted = [("mox", a) for a in plain_alphas] + ([("mox_momentum", momentum_alpha)] if momentum_alpha else [])
+    names = mox_names(ctx, method, weights, lr)
+    plain_variant, momentum_variant = method_variants(method, MOX_FAMILY)
+    wanted = [(plain_variant, a) for a in plain_alphas]
+    wanted += [(momentum_variant, momentum_alpha)] if momentum_alpha else []
     results: dict = {}
     missing = []
     for variant, alpha in wanted:
@@ -699,12 +721,12 @@ def run_mox_grid_point(ctx: Context, weights: str, lr: float, plain_alphas: list
             missing.append((variant, alpha))
     if not missing:
         return results
-    work = ctx.work_dir / f"{ctx.setting.name}-{weights}-mox-lr{lr_tag(lr)}"
+    work = ctx.work_dir / f"{ctx.setting.name}-{weights}-{method}-lr{lr_tag(lr)}"
     # The run exports the momentum model for the whole α sweep, so a later call for α* reuses it as it is.
     momentum_alphas = list(ctx.scale.alphas)
     config = unlearn_config(
         ctx,
-        "mox",
+        method,
         weights,
         lr,
         work,
@@ -712,59 +734,63 @@ def run_mox_grid_point(ctx: Context, weights: str, lr: float, plain_alphas: list
     )
     try:
         log(f"training MOX memorization {work.name}")
-        momentum_exports = [export_dir(work, a, momentum_alphas[0]) for v, a in missing if v == "mox_momentum"]
+        momentum_exports = [export_dir(work, a, momentum_alphas[0]) for v, a in missing if v == momentum_variant]
         work, seconds, peak = train(config, momentum_exports)
-        plain_dir = extrapolate_plain(ctx, config, plain_alphas) if any(v == "mox" for v, _ in missing) else None
+        plain_needed = any(v == plain_variant for v, _ in missing)
+        plain_dir = extrapolate_plain(ctx, config, plain_alphas) if plain_needed else None
         for variant, alpha in missing:
             name = f"{names[variant]}-a{alpha_tag(alpha)}"
-            if variant == "mox":
+            if variant == plain_variant:
                 model_dir = export_dir(plain_dir, alpha, plain_alphas[0])
             else:
                 model_dir = export_dir(work, alpha, momentum_alphas[0])
             variant_config = copy.deepcopy(config)
-            variant_config["training"].update({"momentum": variant == "mox_momentum", "alpha": alpha, "alphas": []})
+            momentum = variant == momentum_variant
+            variant_config["training"].update({"momentum": momentum, "alpha": alpha, "alphas": []})
             note = (
                 "plain θ_for extrapolated (extrapolate stage) from the θ_mem saved by the momentum-enabled "
                 "memorization run; momentum does not change the training trajectory"
-                if variant == "mox"
+                if variant == plain_variant
                 else "momentum θ̄_for exported by the memorization run"
             )
             try:
                 results[(variant, alpha)] = record_run(
-                    ctx, name, "mox", variant, weights, lr, alpha, variant_config, model_dir, seconds, peak, work, note
+                    ctx, name, method, variant, weights, lr, alpha, variant_config, model_dir, seconds, peak, work, note
                 )
             except Exception as error:
-                results[(variant, alpha)] = failure(ctx, name, "mox", weights, lr, error)
+                results[(variant, alpha)] = failure(ctx, name, method, weights, lr, error)
             finally:
                 shutil.rmtree(model_dir, ignore_errors=True)  # full-weight exports are large
     except Exception as error:
         for variant, alpha in missing:
             if (variant, alpha) not in results:
                 results[(variant, alpha)] = failure(
-                    ctx, f"{names[variant]}-a{alpha_tag(alpha)}", "mox", weights, lr, error
+                    ctx, f"{names[variant]}-a{alpha_tag(alpha)}", method, weights, lr, error
                 )
     return results
 
 
-def run_mox(ctx: Context) -> None:
-    """MOX-LoRA plain α sweep (selects lr* and α*), then momentum LoRA and full weights (plain, momentum) at α*."""
+def run_mox(ctx: Context, method: str) -> None:
+    """A method of the mox family: the LoRA plain α sweep (selects lr* and α*), then momentum LoRA and full
+    weights (plain, momentum) at α*."""
     alphas = list(ctx.scale.alphas)
+    plain_variant, momentum_variant = method_variants(method, MOX_FAMILY)
     first_weights = ctx.scale.mox_weights[0]
     sweep_evaluated, chosen = [], None
-    grid = ctx.scale.lr_grid[("mox", first_weights)]
+    grid = ctx.scale.lr_grid[(MOX_FAMILY, first_weights)]
     for lr in grid:
-        results = run_mox_grid_point(ctx, first_weights, lr, alphas, None)
-        names = mox_names(ctx, first_weights, lr)
-        sweep_evaluated += [f"{names['mox']}-a{alpha_tag(a)}" for a in alphas]
-        passing = [a for a in alphas if passes(ctx, results[("mox", a)])]
+        results = run_mox_grid_point(ctx, method, first_weights, lr, alphas, None)
+        names = mox_names(ctx, method, first_weights, lr)
+        sweep_evaluated += [f"{names[plain_variant]}-a{alpha_tag(a)}" for a in alphas]
+        passing = [a for a in alphas if passes(ctx, results[(plain_variant, a)])]
         if passing:
             chosen = (lr, max(passing), True)
             break
     if chosen is None:
         chosen = (grid[-1], min(alphas), False)
     lr_star, alpha_star, met = chosen
-    ctx.choices[f"{ctx.setting.name}/{first_weights}/mox"] = {
-        "run": f"{mox_names(ctx, first_weights, lr_star)['mox']}-a{alpha_tag(alpha_star)}",
+    ctx.choices[f"{ctx.setting.name}/{first_weights}/{plain_variant}"] = {
+        "run": f"{mox_names(ctx, method, first_weights, lr_star)[plain_variant]}-a{alpha_tag(alpha_star)}",
         "met_rule": met,
         "evaluated": sweep_evaluated,
         "alpha_star": alpha_star,
@@ -772,14 +798,14 @@ def run_mox(ctx: Context) -> None:
     }
     # Momentum at α* on the same weights: same memorization run (already trained when lr* was swept).
     for weights in ctx.scale.mox_weights:
-        variants = ("mox_momentum",) if weights == first_weights else MOX_VARIANTS
-        grid = (lr_star,) if weights == first_weights else ctx.scale.lr_grid[("mox", weights)]
+        variants = (momentum_variant,) if weights == first_weights else (plain_variant, momentum_variant)
+        grid = (lr_star,) if weights == first_weights else ctx.scale.lr_grid[(MOX_FAMILY, weights)]
         for variant in variants:
-            plain = [alpha_star] if variant == "mox" else []
-            momentum = alpha_star if variant == "mox_momentum" else None
+            plain = [alpha_star] if variant == plain_variant else []
+            momentum = alpha_star if variant == momentum_variant else None
 
             def run_at(lr: float, weights=weights, variant=variant, plain=plain, momentum=momentum) -> dict:
-                return run_mox_grid_point(ctx, weights, lr, plain, momentum)[(variant, alpha_star)]
+                return run_mox_grid_point(ctx, method, weights, lr, plain, momentum)[(variant, alpha_star)]
 
             choose_along_grid(ctx, f"{weights}/{variant}", grid, run_at, alpha_star=alpha_star)
 
@@ -787,21 +813,23 @@ def run_mox(ctx: Context) -> None:
 # --- driver --------------------------------------------------------------------------------------------------
 
 
-def registered_methods(requested: list[str] | None) -> list[str]:
-    from llm_unlearn.methods import METHODS
-
+def registered_methods(requested: list[str] | None, scale: Scale) -> list[str]:
+    """The requested methods (default: every registered one); each family needs a learning-rate grid here."""
+    families = method_families()
     if requested:
-        unknown = [m for m in requested if m not in METHODS]
+        unknown = [m for m in requested if m not in families]
         if unknown:
-            raise SystemExit(f"--methods: unknown {unknown}; registered methods: {', '.join(METHODS)}")
-        unplaced = [m for m in requested if m not in FAMILIES]
-        if unplaced:
-            raise SystemExit(f"--methods: {unplaced} have no family in benchmarks/run_benchmark.py FAMILIES; add them")
-        return list(requested)
-    methods = [m for m in METHODS if m in FAMILIES]
-    for name in METHODS:
-        if name not in FAMILIES:
-            log(f"skipping method {name!r}: it has no family (learning-rate grid) in FAMILIES yet")
+            raise SystemExit(f"--methods: unknown {unknown}; registered methods: {', '.join(families)}")
+    methods = list(requested or families)
+    for method in methods:
+        family = families[method]
+        weights = scale.mox_weights if family == MOX_FAMILY else scale.baseline_weights
+        missing = [w for w in weights if (family, w) not in scale.lr_grid]
+        if missing:
+            raise SystemExit(
+                f"method {method!r}: family {family!r} has no learning-rate grid for {missing} in scale "
+                f"{scale.name!r} (benchmarks/run_benchmark.py)"
+            )
     return methods
 
 
@@ -818,11 +846,13 @@ def run_setting(scale: Scale, seed: int, setting: Setting, methods: list[str], o
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
     prepare_references(ctx)
     log(f"{setting.name}: target model utility {ctx.target_utility}")
-    if "mox" in methods:
-        run_mox(ctx)
+    families = method_families()
+    for method in methods:
+        if families[method] == MOX_FAMILY:
+            run_mox(ctx, method)
     for weights in scale.baseline_weights:
         for method in methods:
-            if method != "mox":
+            if families[method] != MOX_FAMILY:
                 run_baseline(ctx, method, weights)
     return {
         "target_model_utility": ctx.target_utility,
@@ -849,7 +879,7 @@ def scale_manifest(scale: Scale) -> dict:
         "eval_rows": scale.eval_rows,
         "lora": scale.lora,
         "method_settings": {**METHOD_SETTINGS, **scale.method_settings},
-        "families": FAMILIES,
+        "families": method_families(),
     }
 
 
@@ -868,7 +898,7 @@ def run_benchmark(
     chosen_settings = [s for s in scale.settings if not settings or s.name in settings]
     out = Path(out)
     cache = Path(cache) if cache else default_cache()
-    chosen_methods = registered_methods(methods)
+    chosen_methods = registered_methods(methods, scale)
     start = time.perf_counter()
     seed_dir = out / scale.name / f"seed{seed}"
     seed_dir.mkdir(parents=True, exist_ok=True)

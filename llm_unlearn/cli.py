@@ -90,10 +90,11 @@ def _print_methods() -> None:
 
     base_fields = {f.name for f in dataclasses.fields(UnlearnConfig)}
     for name, method in METHODS.items():
-        print(f"{name:12s} {method.summary}")
+        print(f"{name:12s} ({method.trainer.family}) {method.trainer.summary}")
         for f in dataclasses.fields(method.config):
             if f.name not in base_fields:
-                print(f"    {f.name} = {f.default!r}: {f.metadata.get('help', '')}")
+                default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+                print(f"    {f.name} = {default!r}: {f.metadata.get('help', '')}")
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

@@ -14,6 +14,9 @@ Overrides are `section.field=value` strings parsed as YAML values (`training.lea
 Unknown sections or fields stop with an error that lists the valid names. Every value is converted to its
 field's declared type, as HfArgumentParser does (YAML 1.1 reads `1e-5` as a string; a float field takes it as
 a number), and a value that does not fit the type, or its range, stops with a one-line ConfigError.
+
+`{forget_split}` in any string value becomes the config's own `data.forget_split` (after overrides), so one
+TOFU recipe serves forget01/05/10: `data.forget_split=forget05` moves every path that names the split with it.
 """
 
 from __future__ import annotations
@@ -268,6 +271,32 @@ def check_sections(raw, where: str) -> None:
             raise ConfigError(f"{where}: section {name!r} must be a mapping of field: value, not {_show(value)}")
 
 
+SPLIT_PLACEHOLDER = "{forget_split}"
+
+
+def fill_split_placeholder(raw: dict) -> dict:
+    """Replace SPLIT_PLACEHOLDER in every string value with data.forget_split (DataConfig's default when unset).
+    A plain replace, not str.format: chat templates and prompts keep their own braces. A split that is not a
+    string is left for DataConfig to refuse."""
+    from .data import DataConfig
+
+    data = raw.get("data")
+    split = data.get("forget_split", DataConfig.forget_split) if isinstance(data, dict) else DataConfig.forget_split
+    if not isinstance(split, str):
+        return raw
+
+    def fill(node):
+        if isinstance(node, str):
+            return node.replace(SPLIT_PLACEHOLDER, split)
+        if isinstance(node, dict):
+            return {key: fill(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [fill(value) for value in node]
+        return node
+
+    return fill(raw)
+
+
 def load_yaml(path: str | Path, overrides: list[str] | None = None) -> dict:
     path = Path(path)
     if not path.is_file():
@@ -287,4 +316,4 @@ def load_yaml(path: str | Path, overrides: list[str] | None = None) -> dict:
                 node[key] = {}
             node = node[key]
         node[keys[-1]] = value
-    return raw
+    return fill_split_placeholder(raw)

@@ -39,25 +39,6 @@ SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 SMOLLM2_ALIASES = {SMOLLM2_NAME, "smollm2", "huggingfacetb/smollm2-135m-instruct-gguf-offline"}
 KNOWN_LICENSES = {SMOLLM2_HUB_ID.lower(): "apache-2.0"}
 
-# One line per method: what it does to the weights. Keys are METHODS names; "mox*" variants share MOX's line.
-METHOD_SUMMARIES = {
-    "mox": (
-        "MOX (memorize, then extrapolate) trains a memorization model θ_mem by gradient descent on the forget set, "
-        "anchored to the reference by a KL term on the retain set, then extrapolates away from it: "
-        "θ = θ_ref + α·(θ_ref − θ_mem) (with momentum, an EMA of the extrapolated weights with rate η)."
-    ),
-    "ga": "Gradient ascent: maximizes the answer NLL on the forget set.",
-    "grad_diff": "Gradient difference: gradient ascent on the forget set plus a retain-set loss (NLL or KL to the reference).",
-    "npo": "NPO: pushes the forget-set likelihood below the reference model's with a bounded logistic loss, plus a retain-set loss.",
-    "simnpo": "SimNPO: reference-free NPO on the length-normalized forget-set log-likelihood, plus a retain-set loss.",
-    "idk": "IDK: fine-tunes the model to answer forget-set questions with refusals while keeping the retain set.",
-    "task_vector": "Task vector: fine-tunes a copy on the forget set and subtracts α times that update from the reference.",
-    "eupmu": "EUPMU (implicit gradient surgery): forget loss plus a dual-ascent-weighted retain loss that limits retain-loss increase.",
-    "ungrad": "Unilateral gradient surgery: the closest update to the forget gradient whose first-order retain-loss increase is bounded.",
-    "pcgrad": "PCGrad: projects conflicting forget and retain gradients onto each other's normal plane and sums them.",
-    "sfron": "SFR-on: saliency-masked, adaptively weighted gradient ascent on the forget set interleaved with retain steps.",
-}
-
 
 class RunInfoError(ValueError):
     """A run file is missing, unreadable, or does not match the schema above."""
@@ -180,9 +161,28 @@ def hub_base_model(base_model: str) -> str | None:
     return None
 
 
+def registered_trainer(method: str):
+    """The trainer class registered under `method` (its summary, tags and paper go on the card), or None for a
+    name the registry does not know (a run of a method since renamed or removed)."""
+    from llm_unlearn.methods import METHODS
+
+    registered = METHODS.get(method.lower())
+    return registered.trainer if registered is not None else None
+
+
 def method_summary(method: str) -> str:
-    key = "mox" if method.lower().startswith("mox") else method.lower()
-    return METHOD_SUMMARIES.get(key, f"`{method}`: no one-line description is registered for this method name.")
+    trainer = registered_trainer(method)
+    if trainer is None:
+        return f"`{method}`: no one-line description is registered for this method name."
+    if trainer.paper is None:
+        return trainer.summary
+    return f"{trainer.summary} Paper: [{trainer.paper['title']}]({trainer.paper['url']})."
+
+
+def method_tags(method: str) -> list[str]:
+    """The trainer's tags for a registry name as the pipeline records it; any other spelling is its own tag."""
+    trainer = registered_trainer(method) if method == method.lower() else None
+    return list(trainer.tags) if trainer is not None else [method]
 
 
 def format_value(value: Any) -> str:
@@ -230,7 +230,7 @@ def _front_matter(info: dict, is_adapter: bool) -> list[str]:
     license_id = KNOWN_LICENSES.get((hub_id or "").lower())
     if license_id is not None:
         metadata["license"] = license_id
-    metadata["tags"] = ["llm_unlearn", "unlearning", info["method"]]
+    metadata["tags"] = ["llm_unlearn", "unlearning", *method_tags(info["method"])]
     metadata["pipeline_tag"] = "text-generation"
     return ["---", yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True).rstrip("\n"), "---"]
 

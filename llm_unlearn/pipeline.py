@@ -1,7 +1,7 @@
 """The stages a user runs, each driven by one YAML config (see llm_unlearn.config):
 
 finetune  -> fit the target (forget + retain) or the retain/oracle model; LoRA is merged at the end
-unlearn   -> any registered method from the target; writes <output_dir>/unlearned (+ alpha_<a>/ for MOX sweeps)
+unlearn   -> any registered method from the target; writes the method's exports (<output_dir>/unlearned, ...)
 evaluate  -> the TOFU suite on a model or adapter folder, against the retain model's per-sample log
 
 Recipes (`recipes/*.py`) and the console script (`llm-unlearn`) are thin wrappers over these functions,
@@ -29,7 +29,8 @@ from .config import (
 )
 from .data import TEXT_DATASETS, DataConfig, QASplits, load_qa_splits, load_text_corpora, splits_fingerprint
 from .data.collate import PaddingCollator, PairedDataset, PromptFormat, QADataset, TextDataset, refusal_records
-from .methods import get_method
+from .methods import METHODS, get_method
+from .methods.saved import extrapolate_saved  # noqa: F401 (pipeline.extrapolate_saved, as before)
 from .models import (
     check_model_source,
     is_adapter_dir,
@@ -407,16 +408,14 @@ def run_unlearn(spec: RunSpec, options: RunOptions) -> Path:
     if spec.evaluation.every_n_steps > 0:
         trainer.add_callback(_evaluation_callback(spec, data, tokenizer, run_dir, trainer))
     trainer.train(resume_from_checkpoint=_resume_from(run_dir, options, trainer))
-    exports = write_exports(trainer, spec.method, spec.model, args, run_dir, tokenizer)
+    exports = trainer.export(run_dir, model_source=spec.model)
     if trainer.accelerator.is_main_process:
         atomic_write_json(run_dir / "train_log.json", trainer.state.log_history)
         info = {
             "stage": "unlearn",
             "method": spec.method,
             "hyperparameters": _hyperparameters(args),
-            "alpha": getattr(args, "alpha", None),
-            "alphas": getattr(args, "all_alphas", lambda: None)(),
-            "eta": args.momentum_eta if getattr(args, "momentum", False) else None,
+            **_provenance(args),
             "base_model": spec.model.name_or_path,
             "base_model_revision": None,
             "lora": asdict(spec.model.lora) if spec.model.lora else None,
@@ -437,34 +436,18 @@ def run_unlearn(spec: RunSpec, options: RunOptions) -> Path:
     return run_dir / "unlearned"
 
 
-EXTRAPOLATING_METHODS = ("mox", "task_vector")
+# Keys every unlearn run_info.json has (the model card reads α and η); null unless the method's config reports them.
+PROVENANCE_KEYS = ("alpha", "alphas", "eta")
+
+
+def _provenance(args) -> dict:
+    return {**dict.fromkeys(PROVENANCE_KEYS), **args.provenance()}
 
 
 def write_exports(trainer, method: str, model_cfg: ModelConfig, args, run_dir: Path, tokenizer) -> dict:
-    """A trained run's exports; every process calls it. With sharded weights (FSDP / ZeRO-3) the methods that
-    extrapolate through θ_ref save the gathered trained model to memorization/ (every process joins the gather),
-    then the main process extrapolates whole copies of it and of θ_ref loaded from disk."""
-    if method not in EXTRAPOLATING_METHODS or not trainer.shards_parameters():
-        return _export(trainer, args, run_dir)
-    memorization = str(run_dir / "memorization")
-    trainer.save_model(memorization)
-    trainer.accelerator.wait_for_everyone()
-    if not trainer.accelerator.is_main_process:
-        return {}
-    alphas = args.all_alphas() if hasattr(args, "all_alphas") else [args.alpha]
-    merged = getattr(args, "export_mode", "auto") == "merged"
-    return extrapolate_saved(model_cfg, memorization, alphas, run_dir, tokenizer, merged=merged)
-
-
-def _export(trainer, args, run_dir: Path) -> dict:
-    """unlearned/ (and alpha_<a>/ for each extra α of MOX or task vectors); MOX also keeps memorization/."""
-    exports = {"unlearned": trainer.export_unlearned(str(run_dir / "unlearned"))}
-    if hasattr(args, "all_alphas"):
-        for alpha in args.all_alphas()[1:]:
-            exports[f"alpha_{alpha:g}"] = trainer.export_unlearned(str(run_dir / f"alpha_{alpha:g}"), alpha=alpha)
-    if hasattr(trainer, "save_memorization") and trainer.accelerator.is_main_process:
-        trainer.save_memorization(str(run_dir / "memorization"))
-    return exports
+    """A trained run's exports (every process calls it): `trainer.export(run_dir, model_cfg)`. `method`, `args`
+    and `tokenizer` are the trainer's own, kept for callers of the earlier signature (tests/scripts)."""
+    return trainer.export(run_dir, model_source=model_cfg)
 
 
 def _evaluation_callback(spec: RunSpec, data: TrainingData, tokenizer, run_dir: Path, trainer):
@@ -512,46 +495,21 @@ def eval_sets(splits: QASplits) -> dict[str, list[dict]]:
     return sets
 
 
-def extrapolate_saved(
-    model_cfg: ModelConfig, memorization: str, alphas: list[float], run_dir: Path, tokenizer, merged: bool = False
-) -> dict:
-    """Extrapolate a saved memorization adapter (or full model) for every α: <run_dir>/unlearned is the first α,
-    <run_dir>/alpha_<a> the others. Loads whole copies on this process (the gathered path under FSDP/ZeRO-3).
-    θ_ref is model.ref_model_path (default name_or_path) for full weights, the adapter's base for LoRA;
-    `merged` writes an adapter's extrapolation as plain merged weights (MOX export_mode 'merged')."""
-    from . import extrapolate as xp
-
-    exports = {}
-    if is_adapter_dir(memorization):
-        mem = load_with_adapter(
-            model_cfg.name_or_path, memorization, dtype=model_cfg.dtype, quantization=model_cfg.quantization
-        )
-        ref = None
-    else:
-        ref = load_model(model_cfg.ref_model_path or model_cfg.name_or_path, dtype=model_cfg.dtype)
-        mem = load_model(memorization, dtype=model_cfg.dtype)
-    for i, alpha in enumerate(alphas):
-        out = run_dir / ("unlearned" if i == 0 else f"alpha_{alpha:g}")
-        if ref is None and merged:
-            state = xp.merged_extrapolated_state(mem, alpha)
-            xp.save_model_state(mem, state, out, tokenizer, {"alpha": alpha, "mode": "lora_merged"})
-            exports[out.name] = {"alpha": alpha, "kind": "model"}
-        elif ref is None:
-            xp.save_extrapolated_adapter(mem, alpha, out)
-            tokenizer.save_pretrained(out)
-            exports[out.name] = {"alpha": alpha, "kind": "adapter"}
-        else:
-            xp.save_extrapolated_model(ref, mem, alpha, out, tokenizer)
-            exports[out.name] = {"alpha": alpha, "kind": "model"}
-    return exports
+# The extrapolate stage belongs to the memorize-then-extrapolate family (MOX): its methods export from a saved
+# memorization model without training (`export_saved`).
+EXTRAPOLATE_FAMILY = "mox"
 
 
 def run_extrapolate(spec: RunSpec, options: RunOptions) -> Path:
     """MOX. Without `extrapolate.memorization`: memorize, then extrapolate (the unlearn stage with method mox).
     With it: only extrapolate that saved memorization adapter/model for every α (cheap; no training)."""
-    if spec.method not in (None, "mox"):
-        raise ConfigError(f"the extrapolate stage runs MOX; this config names method {spec.method!r} (use `unlearn`)")
-    spec.method = "mox"
+    stage_methods = [name for name, method in METHODS.items() if method.trainer.family == EXTRAPOLATE_FAMILY]
+    if spec.method is not None and spec.method not in stage_methods:
+        labels = " or ".join(METHODS[name].trainer.display_name or name for name in stage_methods)
+        raise ConfigError(
+            f"the extrapolate stage runs {labels}; this config names method {spec.method!r} (use `unlearn`)"
+        )
+    spec.method = spec.method or stage_methods[0]
     if not spec.extrapolate.memorization:
         return run_unlearn(spec, options)
     args = training_args(spec, "unlearn")
@@ -560,16 +518,16 @@ def run_extrapolate(spec: RunSpec, options: RunOptions) -> Path:
     check_run_dir(args.output_dir, options.overwrite, options.resume)
     tokenizer = load_tokenizer(spec.model.name_or_path)
     run_dir = prepare_run_dir(args.output_dir, options.overwrite, options.resume)
-    merged = args.export_mode == "merged"
-    exports = extrapolate_saved(spec.model, memorization, args.all_alphas(), run_dir, tokenizer, merged=merged)
+    exports = get_method(spec.method).trainer.export_saved(args, memorization, run_dir, spec.model, tokenizer)
+    provenance = _provenance(args)
     write_run_info(
         run_dir,
         {
             "stage": "extrapolate",
-            "method": "mox",
+            "method": spec.method,
             "memorization": memorization,
-            "alphas": args.all_alphas(),
-            "alpha": args.alpha,
+            "alphas": provenance["alphas"],
+            "alpha": provenance["alpha"],
             "base_model": spec.model.name_or_path,
             "exports": exports,
             "seed": args.seed,

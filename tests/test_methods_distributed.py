@@ -1,5 +1,6 @@
-"""Every method under 2 CPU processes ends with the same weights on both ranks, and takes the same step as
-1 process with the doubled batch.
+"""Every method under 2 CPU processes ends with the same weights on both ranks, and takes the same steps as
+1 process with the doubled batch; those steps move every trainable parameter (LoRA with a non-zero initial B),
+so the comparison is between weights that changed.
 
 For `ungrad` and `pcgrad` this only holds when the per-loss gradients are averaged over processes *before* the inner products.
 `eupmu` (λ from retain losses averaged over processes) and `sfron` (Fisher sharded over processes, forget
@@ -13,11 +14,13 @@ import pytest
 import torch
 from helpers import launch_2proc, run_until_done
 
+from llm_unlearn.methods import METHODS as REGISTRY
+
 pytestmark = pytest.mark.distributed
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "tests" / "scripts" / "method_step.py"
-METHODS = ("ungrad", "pcgrad", "eupmu", "sfron", "ga", "grad_diff", "npo", "simnpo", "idk", "mox", "task_vector")
+METHODS = sorted(REGISTRY)  # every registered method
 
 
 def test_two_processes_match_one_process_with_double_batch(tmp_path):
@@ -46,8 +49,7 @@ def test_two_processes_match_one_process_with_double_batch(tmp_path):
         rank1 = torch.load(two / f"{method}-rank1.pt", weights_only=True)
         assert all(torch.equal(rank0[name], rank1[name]) for name in rank0), f"{method}: ranks diverged"
         assert single["params"].keys() == double["params"].keys()
-        moved = 0
         for name, value in single["params"].items():
             assert torch.allclose(value, double["params"][name], rtol=1e-4, atol=1e-6), (method, name)
-            moved += int((value != 0).any())
-        assert moved > 0  # lora_B moved off zero: the step did something
+            # Far above the comparison's tolerance: the runs agree on a real update, not on standing still.
+            assert float((value - single["initial"][name]).abs().max()) > 1e-4, f"{method}: {name} did not move"

@@ -41,11 +41,36 @@ def test_recipes_exist():
     assert {p.stem for p in ACCELERATE} >= {"cpu_2proc", "ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3"}
 
 
-@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.relative_to(REPO / "recipes").as_posix())
-def test_recipe_validates(path):
-    overrides = []
+def launch_line(path: Path) -> list[str]:
+    """The `accelerate launch ...` command shown in the recipe's header comment, split into words."""
+    header = [line for line in path.read_text().splitlines() if line.startswith("#")]
+    launch = [line for line in header if "accelerate launch" in line]
+    assert launch, f"{path} should show its accelerate launch line"
+    return launch[0].lstrip("# ").split()
+
+
+def recipe_variants():
+    """(recipe, overrides): TOFU recipes once per forget split, every other recipe once."""
+    for path in RECIPES:
+        if "tofu" in path.parts and "{forget_split}" in path.read_text():
+            for split in TOFU_SPLITS:
+                yield pytest.param(path, [f"data.forget_split={split}"], id=f"{recipe_id(path)}:{split}")
+        else:
+            yield pytest.param(path, [], id=recipe_id(path))
+
+
+def recipe_id(path: Path) -> str:
+    return path.relative_to(REPO / "recipes").as_posix()
+
+
+TOFU_SPLITS = ("forget01", "forget05", "forget10")
+
+
+@pytest.mark.parametrize(("path", "split_override"), list(recipe_variants()))
+def test_recipe_validates(path, split_override):
+    overrides = list(split_override)
     if "bf16: true" in path.read_text() and not torch.cuda.is_available():
-        overrides = ["training.bf16=false", "training.use_cpu=true"]  # GPU recipes: validate every other field here
+        overrides += ["training.bf16=false", "training.use_cpu=true"]  # GPU recipes: validate every other field here
     spec = load_spec(str(path), overrides)
     stage = stage_of(path)
     if stage == "evaluate":
@@ -53,14 +78,63 @@ def test_recipe_validates(path):
     else:
         args = training_args(spec, stage)
         assert args.output_dir.startswith("runs/")
-    # The command line in the recipe's header names a script that exists.
-    header = path.read_text().splitlines()[:4]
-    launch = [line for line in header if "recipes/" in line and ".py" in line]
-    assert launch, f"{path} should show its accelerate launch line"
-    scripts = [word for word in launch[0].split() if word.startswith("recipes/") and word.endswith(".py")]
+    assert "{forget_split}" not in json.dumps(spec.raw)
+    # The command line in the recipe's header names a script and config that exist, this recipe, and overrides
+    # that load.
+    words = launch_line(path)
+    scripts = [word for word in words if word.startswith("recipes/") and word.endswith(".py")]
     assert scripts and (REPO / scripts[0]).is_file()
-    configs = [word for word in launch[0].split() if word.startswith("recipes/accelerate_configs/")]
+    configs = [word for word in words if word.startswith("recipes/accelerate_configs/")]
     assert all((REPO / c).is_file() for c in configs)
+    assert recipe_id(path) in {word.removeprefix("recipes/") for word in words}
+    launch_overrides = words[words.index(f"recipes/{recipe_id(path)}") + 1 :]
+    load_spec(str(path), [*launch_overrides, *overrides[len(split_override) :]])
+
+
+TOFU_MODELS = sorted(p for p in (REPO / "recipes" / "tofu").iterdir() if p.is_dir())
+
+
+@pytest.mark.parametrize("split", TOFU_SPLITS)
+@pytest.mark.parametrize("model_dir", TOFU_MODELS, ids=lambda p: p.name)
+def test_one_split_override_pairs_every_tofu_recipe_with_its_retain_run(model_dir, split):
+    """With only data.forget_split set, each unlearning run reads the reference log that evaluate_retain writes
+    for the retain model that finetune_retain trains for that split, and no two splits share a run folder."""
+    retain_of = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}  # TOFU's own pairing
+    override = [f"data.forget_split={split}"]
+    retain_run = load_spec(str(model_dir / "finetune_retain.yaml"), override).raw["training"]["output_dir"]
+    evaluate = load_spec(str(model_dir / "evaluate_retain.yaml"), override)
+    assert split in retain_run
+    assert evaluate.evaluation.model_path == evaluate.model.name_or_path == f"{retain_run}/model"
+    reference_log = f"{evaluate.evaluation.output_dir}/per_sample.json"
+    from llm_unlearn.data.tofu import RETAIN_SPLIT_OF
+
+    assert RETAIN_SPLIT_OF[split] == retain_of[split]
+    methods = [p for p in model_dir.glob("*.yaml") if stage_of(p) == "unlearn"]
+    assert methods
+    for path in methods:
+        spec = load_spec(str(path), override)
+        assert spec.data.forget_split == split
+        assert spec.evaluation.reference_log == reference_log, path.name
+        assert spec.raw["training"]["output_dir"].endswith(f"_{split}"), path.name
+
+
+def test_split_placeholder_fills_from_the_config_and_its_overrides(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        'data: {dataset: tofu, forget_split: forget05}\nmethod: ga\ntraining: {output_dir: "runs/ga_{forget_split}"}\n'
+        'format: {system_prompt: "keep {braces} and {{ jinja }}"}\n'
+    )
+    assert load_spec(str(recipe)).raw["training"]["output_dir"] == "runs/ga_forget05"
+    spec = load_spec(str(recipe), ["data.forget_split=forget10"])
+    assert spec.raw["training"]["output_dir"] == "runs/ga_forget10"
+    assert spec.fmt.system_prompt == "keep {braces} and {{ jinja }}"
+    assert load_spec(str(recipe), ["training.output_dir=elsewhere/{forget_split}"]).raw["training"]["output_dir"] == (
+        "elsewhere/forget05"
+    )
+    recipe.write_text('method: ga\ntraining: {output_dir: "runs/{forget_split}"}\n')  # no data section: the default
+    assert load_spec(str(recipe)).raw["training"]["output_dir"] == "runs/forget01"
+    with pytest.raises(ConfigError, match="forget_split"):
+        load_spec(str(recipe), ["data.forget_split=forget07", "data.dataset=tofu"])
 
 
 @pytest.mark.parametrize("path", ACCELERATE, ids=lambda p: p.stem)

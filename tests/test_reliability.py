@@ -54,7 +54,15 @@ def test_sigkill_mid_training_then_resume_equals_uninterrupted_run(model_dir, tm
     epoch, so checkpoints 2 and 4 fall mid-epoch: the resumed run must restore the sampler position, the
     PairedDataset's retain cycle, optimizer/scheduler/RNG state and the momentum buffer."""
     config = run_config(
-        model_dir, tmp_path / "unset", "mox", max_steps=6, save_strategy="steps", save_steps=2, momentum=True, alpha=2.0
+        model_dir,
+        tmp_path / "unset",
+        "mox",
+        max_steps=6,
+        save_strategy="steps",
+        save_steps=2,
+        momentum=True,
+        momentum_refresh="steps",
+        alpha=2.0,
     )
     config["data"]["qa_per_author"] = 3
     yaml_path = write_yaml(tmp_path / "mox.yaml", config)

@@ -14,7 +14,7 @@ import shutil
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar, Literal, get_args
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
@@ -23,10 +23,16 @@ from ..data.collate import IGNORE_INDEX, PairedCollator
 from ..models import is_peft_model
 from ..runs import checkpoint_files, last_checkpoint
 from ..utils import atomic_write_json
+from .losses import forward_logits, sequence_stats, token_kl
+from .sharding import gathered_state_dict, has_sharded_parameters
+
+if TYPE_CHECKING:
+    from ..config import ModelConfig
 
 logger = logging.getLogger(__name__)
 
-RETAIN_LOSSES = ("nll", "kl")
+RetainLoss = Literal["nll", "kl"]
+RETAIN_LOSSES: tuple[str, ...] = get_args(RetainLoss)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -70,73 +76,43 @@ class UnlearnConfig(TrainingArguments):
         if self.kl_positions not in ("answer", "all"):
             raise ValueError(f"kl_positions must be 'answer' or 'all', not {self.kl_positions!r}")
 
+    def loss_needs_reference(self) -> bool:
+        """Whether these loss settings use θ_ref (a retain KL, an NPO term); field groups below add theirs."""
+        return False
+
+    def provenance(self) -> dict:
+        """Method-specific values run_info.json records beside the hyper-parameters (α, the α list, η, ...);
+        the model card shows α and η. Keys a method leaves out are recorded as null."""
+        return {}
+
+
+# Fields several methods share, declared once. A method's config lists the groups it uses before UnlearnConfig
+# (`class XConfig(RetainWeightField, RetainLossField, UnlearnConfig)`: dataclass fields follow the reversed
+# MRO), so a method that has no retain term has no retain field to set by mistake.
+
+
+@dataclass
+class RetainLossField:
+    retain_loss: RetainLoss = field(
+        default="nll", metadata={"help": "Retain term R: 'nll' (retain NLL) or 'kl' (KL(p_ref‖p_θ), needs θ_ref)."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_choice("retain_loss", self.retain_loss, RETAIN_LOSSES)
+
+    def loss_needs_reference(self) -> bool:
+        return self.retain_loss == "kl" or super().loss_needs_reference()
+
+
+@dataclass
+class RetainWeightField:
+    retain_weight: float = field(default=1.0, metadata={"help": "c, the weight of the retain term."})
+
 
 def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}, not {value!r}")
-
-
-def answer_token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-position log p(label) for shifted labels, and the mask of scored positions (labels != -100)."""
-    logits = logits[:, :-1].float()
-    targets = labels[:, 1:]
-    mask = targets != IGNORE_INDEX
-    safe = targets.masked_fill(~mask, 0)
-    logp = torch.log_softmax(logits, dim=-1).gather(-1, safe.unsqueeze(-1)).squeeze(-1)
-    return logp * mask, mask
-
-
-def sequence_stats(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-sample (mean answer NLL, summed answer log-prob, answer token count)."""
-    logp, mask = answer_token_logprobs(logits, labels)
-    count = mask.sum(-1)
-    summed = logp.sum(-1)
-    if (count == 0).any():
-        raise ValueError("a sample has no answer tokens to score (answer cut by max_length?)")
-    return -summed / count, summed, count
-
-
-def token_kl(ref_logits: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """KL(p_ref || p_theta) averaged over the positions in `mask` (shifted like the labels) of each sample,
-    then over samples. Per-sample means (like the NLL) make a DDP step over b + b rows equal to one
-    process's step over the same 2b rows."""
-    ref_logp = torch.log_softmax(ref_logits[:, :-1].float(), dim=-1)
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    per_token = (ref_logp.exp() * (ref_logp - logp)).sum(-1)
-    mask = mask.to(per_token.dtype)
-    per_sample = (per_token * mask).sum(-1) / mask.sum(-1).clamp_min(1)
-    return per_sample.mean()
-
-
-def forward_logits(model, batch: dict) -> torch.Tensor:
-    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-
-
-def has_sharded_parameters(model) -> bool:
-    """Whether a parameter is a DTensor (torch's `fully_shard`, FSDP2, or tensor parallelism): then no process
-    holds it whole."""
-    from torch.distributed.tensor import DTensor
-
-    return any(isinstance(param, DTensor) for param in model.parameters())
-
-
-def gathered_state_dict(model) -> dict[str, torch.Tensor]:
-    """The model's state dict with whole tensors. DTensor parameters: a collective that every process must join;
-    the main process gets every tensor on the CPU, the others an empty dict. Otherwise the plain state dict."""
-    if not has_sharded_parameters(model):
-        return model.state_dict()
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    if state:
-        # Tied parameters (lm_head and embeddings) come back as separate copies; share them again, as in a
-        # plain state dict, so that save_pretrained writes one tensor for them.
-        first_name = {}
-        for name, param in model.named_parameters(remove_duplicate=False):
-            if id(param) in first_name and name in state:
-                state[name] = state[first_name[id(param)]]
-            first_name.setdefault(id(param), name)
-    return state
 
 
 class _EpochAndGuardCallback(TrainerCallback):
@@ -167,6 +143,15 @@ class UnlearningTrainer(Trainer):
     needs_reference: ClassVar[bool] = False
     needs_retain: ClassVar[bool] = True
     needs_refusal: ClassVar[bool] = False
+    # What the pipeline, the model card and the benchmark read from each method (tests/test_method_metadata.py
+    # checks that every registered method sets them): its benchmark family ("ascent", "descent", "mox"; each has
+    # its own learning-rate grid), the one-line card summary, the card's extra tags, the paper it follows
+    # ({"title", "url"}, cited on the card) and its name in tables (default: the registry name).
+    family: ClassVar[str]
+    summary: ClassVar[str]
+    tags: ClassVar[tuple[str, ...]]
+    paper: ClassVar[dict[str, str] | None] = None
+    display_name: ClassVar[str | None] = None
 
     def __init__(
         self,
@@ -205,7 +190,7 @@ class UnlearningTrainer(Trainer):
     @classmethod
     def wants_reference(cls, args) -> bool:
         """Whether a run with these settings needs θ_ref (recipes load a frozen copy for full weights)."""
-        return cls.needs_reference or getattr(args, "retain_loss", None) == "kl"
+        return cls.needs_reference or args.loss_needs_reference()
 
     @classmethod
     def wants_refusal(cls, args) -> bool:
@@ -376,6 +361,35 @@ class UnlearningTrainer(Trainer):
         """Write the unlearned model (or adapter) to `output_dir`; methods that post-process override this."""
         self.save_model(output_dir)
         return {"kind": "adapter" if is_peft_model(self.accelerator.unwrap_model(self.model)) else "model"}
+
+    def export(self, run_dir: str | os.PathLike, model_source: ModelConfig | None = None) -> dict[str, dict]:
+        """Every export of a trained run, {folder name under run_dir: info}; every process calls it. Here:
+        `unlearned/`. `model_source` is where methods that extrapolate sharded weights reload θ_ref from."""
+        return {"unlearned": self.export_unlearned(str(Path(run_dir) / "unlearned"))}
+
+    @classmethod
+    def export_saved(
+        cls, args: UnlearnConfig, trained: str, run_dir: Path, model_source: ModelConfig, tokenizer
+    ) -> dict[str, dict]:
+        """The exports computed from a saved trained model (`trained`, a folder) instead of the live one."""
+        raise ValueError(f"{cls.__name__} has no export from a saved model: only methods that extrapolate θ_ref do")
+
+    def export_through_saved(self, run_dir: str | os.PathLike, model_source: ModelConfig | None) -> dict[str, dict]:
+        """Sharded weights (FSDP / ZeRO-3): every process joins saving the gathered trained model to
+        memorization/, then the main process computes the exports from whole copies loaded from disk."""
+        if model_source is None:
+            raise ValueError(
+                f"{type(self).__name__} cannot extrapolate sharded weights (FSDP / ZeRO-3) in place: pass "
+                "export(run_dir, model_source=<the run's ModelConfig>) so that whole copies can be loaded, "
+                "as `llm-unlearn unlearn` does"
+            )
+        run_dir = Path(run_dir)
+        memorization = str(run_dir / "memorization")
+        self.save_model(memorization)
+        self.accelerator.wait_for_everyone()
+        if not self.accelerator.is_main_process:
+            return {}
+        return self.export_saved(self.args, memorization, run_dir, model_source, self.processing_class)
 
     def write_json(self, path: str | os.PathLike, payload: dict) -> None:
         if self.accelerator.is_main_process:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from .base import RETAIN_LOSSES, UnlearnConfig, UnlearningTrainer, check_choice
+from .base import RetainLossField, RetainWeightField, UnlearnConfig, UnlearningTrainer
 
 
 @dataclass
@@ -13,6 +13,9 @@ class GAConfig(UnlearnConfig):
 
 
 class GATrainer(UnlearningTrainer):
+    family = "ascent"
+    summary = "Gradient ascent: maximizes the answer NLL on the forget set."
+    tags = ("ga",)
     needs_retain = False
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -23,18 +26,17 @@ class GATrainer(UnlearningTrainer):
 
 
 @dataclass
-class GradDiffConfig(UnlearnConfig):
+class GradDiffConfig(RetainWeightField, RetainLossField, UnlearnConfig):
     """GradDiff: −ℓ(θ; D_f) + c·R, R the retain NLL or KL(p_ref‖p_θ) on D_r."""
-
-    retain_loss: str = field(default="nll", metadata={"help": "Retain term: 'nll' or 'kl' (KL to the reference)."})
-    retain_weight: float = field(default=1.0, metadata={"help": "c, the weight of the retain term."})
-
-    def __post_init__(self):
-        super().__post_init__()
-        check_choice("retain_loss", self.retain_loss, RETAIN_LOSSES)
 
 
 class GradDiffTrainer(UnlearningTrainer):
+    family = "ascent"
+    summary = (
+        "Gradient difference: gradient ascent on the forget set plus a retain-set loss (NLL or KL to the reference)."
+    )
+    tags = ("grad_diff",)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         forget_nll = self.nll(model, inputs["forget"])
         retain = self.retain_term(model, inputs["retain"], self.args.retain_loss)

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from .base import UnlearnConfig, UnlearningTrainer
+from .base import RetainWeightField, UnlearnConfig, UnlearningTrainer
 
 
 @dataclass
-class IdkConfig(UnlearnConfig):
-    retain_weight: float = field(default=1.0, metadata={"help": "Weight of the retain NLL."})
+class IdkConfig(RetainWeightField, UnlearnConfig):
+    """ℓ(θ; x_f, y_refusal) + c·ℓ(θ; D_r): the retain term is always the NLL."""
 
 
 class IdkTrainer(UnlearningTrainer):
+    family = "descent"
+    summary = "IDK: fine-tunes the model to answer forget-set questions with refusals while keeping the retain set."
+    tags = ("idk",)
     needs_refusal = True
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

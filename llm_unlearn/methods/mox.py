@@ -23,6 +23,7 @@ from .. import extrapolate as xp
 from ..models import is_peft_model
 from .base import UnlearnConfig, UnlearningTrainer, check_choice
 from .npo import npo_loss
+from .saved import export_name, extrapolate_saved
 
 logger = logging.getLogger(__name__)
 
@@ -58,11 +59,13 @@ class MOXConfig(UnlearnConfig):
     )
     momentum: bool = field(default=False, metadata={"help": "Export the EMA of the extrapolated models."})
     momentum_eta: float = field(default=0.675, metadata={"help": "EMA weight η of the newest extrapolated model."})
+    # Default 'epoch': refreshed every step with eta 0.675 the last three steps carry 97 % of the EMA, so it is
+    # nearly the last iterate; benchmarks/results/momentum_refresh measured both (docs/design.md, MOX momentum).
     momentum_refresh: Literal["steps", "epoch"] = field(
-        default="steps",
+        default="epoch",
         metadata={
-            "help": "When the EMA takes in a new extrapolated model: 'steps' (every refresh_steps optimizer steps) "
-            "or 'epoch' (at every epoch end; a final partial epoch counts as one)."
+            "help": "When the EMA takes in a new extrapolated model: 'epoch' (at every epoch end; a final partial "
+            "epoch counts as one) or 'steps' (every refresh_steps optimizer steps)."
         },
     )
     refresh_steps: int = field(
@@ -94,8 +97,19 @@ class MOXConfig(UnlearnConfig):
     def all_alphas(self) -> list[float]:
         return list(dict.fromkeys([float(self.alpha), *map(float, self.alphas)]))
 
+    def provenance(self) -> dict:
+        return {"alpha": self.alpha, "alphas": self.all_alphas(), "eta": self.momentum_eta if self.momentum else None}
+
 
 class MOXTrainer(UnlearningTrainer):
+    family = "mox"
+    summary = (
+        "MOX (memorize, then extrapolate) trains a memorization model θ_mem by gradient descent on the forget set, "
+        "anchored to the reference by a KL term on the retain set, then extrapolates away from it: "
+        "θ = θ_ref + α·(θ_ref − θ_mem) (with momentum, an EMA of the extrapolated weights with rate η)."
+    )
+    tags = ("mox",)
+    display_name = "MOX"
     needs_reference = True
 
     def __init__(self, *args, **kwargs):
@@ -148,6 +162,25 @@ class MOXTrainer(UnlearningTrainer):
 
     # --- export ---------------------------------------------------------------------------------------
 
+    def export(self, run_dir, model_source=None) -> dict[str, dict]:
+        """unlearned/ (α = args.alpha), alpha_<a>/ for every other α of args.alphas, and memorization/ (θ_mem,
+        what a later α sweep extrapolates: the extrapolate stage with extrapolate.memorization)."""
+        if self.shards_parameters():
+            return self.export_through_saved(run_dir, model_source)
+        run_dir = Path(run_dir)
+        exports = {"unlearned": self.export_unlearned(str(run_dir / "unlearned"))}
+        for i, alpha in enumerate(self.args.all_alphas()[1:], start=1):
+            name = export_name(i, alpha)
+            exports[name] = self.export_unlearned(str(run_dir / name), alpha=alpha)
+        if self.accelerator.is_main_process:
+            self.save_memorization(str(run_dir / "memorization"))
+        return exports
+
+    @classmethod
+    def export_saved(cls, args, trained, run_dir, model_source, tokenizer) -> dict[str, dict]:
+        merged = args.export_mode == "merged"
+        return extrapolate_saved(model_source, trained, args.all_alphas(), run_dir, tokenizer, merged=merged)
+
     def export_unlearned(self, output_dir: str, alpha: float | None = None) -> dict:
         """Write θ_for for `alpha` (default: args.alpha); the momentum model when momentum is on."""
         alpha = xp.check_alpha(self.args.alpha if alpha is None else alpha)
@@ -155,7 +188,7 @@ class MOXTrainer(UnlearningTrainer):
             raise ValueError(
                 "MOX cannot extrapolate sharded weights (FSDP / ZeRO-3) in place: save the gathered memorization "
                 "model with save_memorization(folder) and extrapolate it with llm_unlearn.pipeline.extrapolate_saved, "
-                "as `llm-unlearn unlearn` does"
+                "as `llm-unlearn unlearn` does (export(run_dir, model_source) takes that route)"
             )
         model = self.accelerator.unwrap_model(self.model)
         info: dict = {"alpha": alpha, "momentum": bool(self.momentum)}

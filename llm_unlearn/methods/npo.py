@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .base import RETAIN_LOSSES, UnlearnConfig, UnlearningTrainer, check_choice
+from .base import RetainLossField, RetainWeightField, UnlearnConfig, UnlearningTrainer
 
 
 def npo_loss(logp: torch.Tensor, ref_logp: torch.Tensor, beta: float) -> torch.Tensor:
@@ -21,16 +21,13 @@ def simnpo_loss(mean_nll: torch.Tensor, beta: float, gamma: float) -> torch.Tens
 
 
 def _validate(config) -> None:
-    check_choice("retain_loss", config.retain_loss, RETAIN_LOSSES)
     if config.beta <= 0:
         raise ValueError(f"beta must be > 0, not {config.beta}")
 
 
 @dataclass
-class NPOConfig(UnlearnConfig):
+class NPOConfig(RetainWeightField, RetainLossField, UnlearnConfig):
     beta: float = field(default=0.1, metadata={"help": "NPO inverse temperature β."})
-    retain_loss: str = field(default="nll", metadata={"help": "Retain term: 'nll' or 'kl'."})
-    retain_weight: float = field(default=1.0, metadata={"help": "c, the weight of the retain term."})
 
     def __post_init__(self):
         super().__post_init__()
@@ -38,6 +35,12 @@ class NPOConfig(UnlearnConfig):
 
 
 class NPOTrainer(UnlearningTrainer):
+    family = "ascent"
+    summary = (
+        "NPO: pushes the forget-set likelihood below the reference model's with a bounded logistic loss, "
+        "plus a retain-set loss."
+    )
+    tags = ("npo",)
     needs_reference = True
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -53,11 +56,9 @@ class NPOTrainer(UnlearningTrainer):
 
 
 @dataclass
-class SimNPOConfig(UnlearnConfig):
+class SimNPOConfig(RetainWeightField, RetainLossField, UnlearnConfig):
     beta: float = field(default=2.5, metadata={"help": "SimNPO β (length-normalized; choice: 2.5)."})
     gamma: float = field(default=0.0, metadata={"help": "SimNPO reward margin γ."})
-    retain_loss: str = field(default="nll", metadata={"help": "Retain term: 'nll' or 'kl'."})
-    retain_weight: float = field(default=1.0, metadata={"help": "c, the weight of the retain term."})
 
     def __post_init__(self):
         super().__post_init__()
@@ -65,6 +66,10 @@ class SimNPOConfig(UnlearnConfig):
 
 
 class SimNPOTrainer(UnlearningTrainer):
+    family = "ascent"
+    summary = "SimNPO: reference-free NPO on the length-normalized forget-set log-likelihood, plus a retain-set loss."
+    tags = ("simnpo",)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         nll, _ = self.stats(model, inputs["forget"])
         forget_term = simnpo_loss(nll, self.args.beta, self.args.gamma)

@@ -46,12 +46,12 @@ from transformers import TrainerCallback
 
 from ..data.collate import PaddingCollator
 from ..models import is_peft_model
-from .base import RETAIN_LOSSES, UnlearnConfig, UnlearningTrainer, check_choice
+from .base import RetainLossField, UnlearnConfig, UnlearningTrainer
 from .surgery import refuse_sharded_gradients
 
 
 @dataclass
-class SFROnConfig(UnlearnConfig):
+class SFROnConfig(RetainLossField, UnlearnConfig):
     """Saliency-masked adaptive gradient ascent every `forget_freq` steps, a retain step every step."""
 
     forget_freq: int = field(default=2, metadata={"help": "Take a forget step every N steps (choice: 2)."})
@@ -76,11 +76,9 @@ class SFROnConfig(UnlearnConfig):
             "help": "Rows per squared gradient in the Fisher pass (1: exact per-sample; more: faster, approximate)."
         },
     )
-    retain_loss: str = field(default="nll", metadata={"help": "Retain step loss: 'nll' or 'kl' (KL to θ_ref)."})
 
     def __post_init__(self):
         super().__post_init__()
-        check_choice("retain_loss", self.retain_loss, RETAIN_LOSSES)
         for name in ("forget_freq", "fisher_samples", "fisher_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
@@ -292,6 +290,12 @@ def compute_saliency(trainer: UnlearningTrainer, model, seed: int) -> tuple[Sali
 
 class SFROnTrainer(UnlearningTrainer):
     """Overrides training_step: an optional masked forget step (own optimizer step), then the retain step."""
+
+    family = "ascent"
+    summary = (
+        "SFR-on: saliency-masked, adaptively weighted gradient ascent on the forget set interleaved with retain steps."
+    )
+    tags = ("sfron",)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -28,16 +28,18 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, get_args
 
 import torch
 from accelerate.utils import DistributedType
 from transformers import TrainerCallback
 
 from ..utils import atomic_write_json
-from .base import RETAIN_LOSSES, UnlearnConfig, UnlearningTrainer, check_choice
+from .base import RetainLossField, UnlearnConfig, UnlearningTrainer, check_choice
 from .npo import npo_loss
 
-BOUNDED_FORGET_LOSSES = ("npo", "ga_clipped")
+BoundedForgetLoss = Literal["npo", "ga_clipped"]
+BOUNDED_FORGET_LOSSES: tuple[str, ...] = get_args(BoundedForgetLoss)
 
 
 # --- pure functions ---------------------------------------------------------------------------------
@@ -152,19 +154,16 @@ def refuse_sharded_gradients(trainer: UnlearningTrainer, method: str) -> None:
         )
 
 
-def forget_field(default: str = "npo"):
-    return field(
-        default=default,
+@dataclass
+class BoundedForgetFields:
+    """The bounded forget loss ℓ_f of the three surgery methods (listed before RetainLossField in their bases)."""
+
+    forget_loss: BoundedForgetLoss = field(
+        default="npo",
         metadata={"help": "Bounded forget loss: 'npo' (needs θ_ref) or 'ga_clipped' (ascent on a clipped NLL)."},
     )
-
-
-def npo_beta_field():
-    return field(default=0.1, metadata={"help": "β of the NPO forget loss."})
-
-
-def ceiling_field():
-    return field(
+    npo_beta: float = field(default=0.1, metadata={"help": "β of the NPO forget loss."})
+    ga_nll_ceiling: float = field(
         default=10.0,
         metadata={
             "help": "ga_clipped: a sample stops being pushed once its answer NLL reaches this (nats/token; "
@@ -172,34 +171,23 @@ def ceiling_field():
         },
     )
 
+    def __post_init__(self):
+        super().__post_init__()
+        check_choice("forget_loss", self.forget_loss, BOUNDED_FORGET_LOSSES)
+        if self.npo_beta <= 0:
+            raise ValueError(f"npo_beta must be > 0, not {self.npo_beta}")
 
-def retain_field():
-    return field(default="nll", metadata={"help": "Retain loss ℓ_r: 'nll' or 'kl' (KL(p_ref‖p_θ), needs θ_ref)."})
-
-
-def validate_surgery_config(config) -> None:
-    check_choice("forget_loss", config.forget_loss, BOUNDED_FORGET_LOSSES)
-    check_choice("retain_loss", config.retain_loss, RETAIN_LOSSES)
-    if config.npo_beta <= 0:
-        raise ValueError(f"npo_beta must be > 0, not {config.npo_beta}")
-
-
-def loss_needs_reference(args) -> bool:
-    """θ_ref enters through the NPO forget loss or the retain KL."""
-    return args.forget_loss == "npo" or args.retain_loss == "kl"
+    def loss_needs_reference(self) -> bool:
+        return self.forget_loss == "npo" or super().loss_needs_reference()
 
 
 # --- eupmu: implicit unilateral surgery ----------------------------------------------------------------
 
 
 @dataclass
-class EUPMUConfig(UnlearnConfig):
+class EUPMUConfig(RetainLossField, BoundedForgetFields, UnlearnConfig):
     """Implicit unilateral surgery: minimize ℓ_f + λ·ℓ_r, λ ≥ 0 by dual ascent on the retain-loss change."""
 
-    forget_loss: str = forget_field()
-    npo_beta: float = npo_beta_field()
-    ga_nll_ceiling: float = ceiling_field()
-    retain_loss: str = retain_field()
     lambda_init: float = field(default=1.0, metadata={"help": "λ0, the initial retain weight (≥ 0)."})
     dual_step: float = field(
         default=1e-4,
@@ -223,7 +211,6 @@ class EUPMUConfig(UnlearnConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        validate_surgery_config(self)
         if self.lambda_init < 0:
             raise ValueError(f"lambda_init must be >= 0, not {self.lambda_init}")
         if self.dual_step < 0:
@@ -233,14 +220,17 @@ class EUPMUConfig(UnlearnConfig):
 class EUPMUTrainer(UnlearningTrainer):
     """One backward of ℓ_f + λ·ℓ_r per step; `self.dual` owns λ (updated after each optimizer step)."""
 
+    family = "ascent"
+    summary = (
+        "EUPMU (implicit gradient surgery): forget loss plus a dual-ascent-weighted retain loss that limits "
+        "retain-loss increase."
+    )
+    tags = ("eupmu",)
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.dual = DualAscentCallback(self, self.args.lambda_init)
         self.add_callback(self.dual)
-
-    @classmethod
-    def wants_reference(cls, args) -> bool:
-        return loss_needs_reference(args)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         forget, terms = bounded_forget_loss(self, model, inputs["forget"])
@@ -376,34 +366,29 @@ def record_gradient_geometry(trainer: UnlearningTrainer, g_f: torch.Tensor, g_r:
 
 
 @dataclass
-class UnGradConfig(UnlearnConfig):
+class UnGradConfig(RetainLossField, BoundedForgetFields, UnlearnConfig):
     """Explicit unilateral surgery: d = g_f + λ*·g_r, the closest direction to g_f that keeps ℓ_r's rise ≤ ε."""
 
-    forget_loss: str = forget_field()
-    npo_beta: float = npo_beta_field()
-    ga_nll_ceiling: float = ceiling_field()
-    retain_loss: str = retain_field()
     retain_tolerance: float = field(
         default=0.0,
         metadata={"help": "ε: the tolerated first-order retain-loss increase per unit learning rate (0: none)."},
     )
 
-    def __post_init__(self):
-        super().__post_init__()
-        validate_surgery_config(self)
-
 
 class UnGradTrainer(UnlearningTrainer):
     """Two backwards per micro-batch (forget, retain); the surgery direction is written into `.grad`."""
+
+    family = "ascent"
+    summary = (
+        "Unilateral gradient surgery: the closest update to the forget gradient whose first-order retain-loss "
+        "increase is bounded."
+    )
+    tags = ("ungrad",)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         refuse_sharded_gradients(self, "ungrad")
         self._grad_buffers: dict[str, torch.Tensor] = {}
-
-    @classmethod
-    def wants_reference(cls, args) -> bool:
-        return loss_needs_reference(args)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         forget, retain, g_f, g_r = per_loss_gradients(self, model, inputs, self._grad_buffers)
@@ -417,30 +402,21 @@ class UnGradTrainer(UnlearningTrainer):
 
 
 @dataclass
-class PCGradConfig(UnlearnConfig):
+class PCGradConfig(RetainLossField, BoundedForgetFields, UnlearnConfig):
     """PCGrad on (ℓ_f, ℓ_r): on conflict, each gradient loses its component along the other; then they are summed."""
-
-    forget_loss: str = forget_field()
-    npo_beta: float = npo_beta_field()
-    ga_nll_ceiling: float = ceiling_field()
-    retain_loss: str = retain_field()
-
-    def __post_init__(self):
-        super().__post_init__()
-        validate_surgery_config(self)
 
 
 class PCGradTrainer(UnlearningTrainer):
     """Two backwards per micro-batch (forget, retain); the PCGrad direction is written into `.grad`."""
 
+    family = "ascent"
+    summary = "PCGrad: projects conflicting forget and retain gradients onto each other's normal plane and sums them."
+    tags = ("pcgrad",)
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         refuse_sharded_gradients(self, "pcgrad")
         self._grad_buffers: dict[str, torch.Tensor] = {}
-
-    @classmethod
-    def wants_reference(cls, args) -> bool:
-        return loss_needs_reference(args)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         forget, retain, g_f, g_r = per_loss_gradients(self, model, inputs, self._grad_buffers)

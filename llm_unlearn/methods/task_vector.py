@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from .. import extrapolate as xp
 from ..models import is_peft_model
 from .base import UnlearnConfig, UnlearningTrainer
+from .saved import extrapolate_saved
 
 
 @dataclass
@@ -20,8 +21,14 @@ class TaskVectorConfig(UnlearnConfig):
         super().__post_init__()
         xp.check_alpha(self.alpha)
 
+    def provenance(self) -> dict:
+        return {"alpha": self.alpha}
+
 
 class TaskVectorTrainer(UnlearningTrainer):
+    family = "descent"
+    summary = "Task vector: fine-tunes a copy on the forget set and subtracts α times that update from the reference."
+    tags = ("task_vector",)
     needs_retain = False
 
     @classmethod
@@ -34,13 +41,22 @@ class TaskVectorTrainer(UnlearningTrainer):
         self.record(forget_nll=forget_nll, loss=forget_nll)
         return forget_nll
 
+    def export(self, run_dir, model_source=None) -> dict[str, dict]:
+        if self.shards_parameters():
+            return self.export_through_saved(run_dir, model_source)
+        return super().export(run_dir)
+
+    @classmethod
+    def export_saved(cls, args, trained, run_dir, model_source, tokenizer) -> dict[str, dict]:
+        return extrapolate_saved(model_source, trained, [args.alpha], run_dir, tokenizer)
+
     def export_unlearned(self, output_dir: str, alpha: float | None = None) -> dict:
         alpha = xp.check_alpha(self.args.alpha if alpha is None else alpha)
         if self.shards_parameters():
             raise ValueError(
                 "task_vector cannot negate sharded weights (FSDP / ZeRO-3) in place: save the gathered fine-tuned "
                 "model with save_model(folder) and extrapolate it with llm_unlearn.pipeline.extrapolate_saved, "
-                "as `llm-unlearn unlearn` does"
+                "as `llm-unlearn unlearn` does (export(run_dir, model_source) takes that route)"
             )
         model = self.accelerator.unwrap_model(self.model)
         if not self.accelerator.is_main_process:

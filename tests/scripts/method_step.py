@@ -1,10 +1,12 @@
-"""One training step of any registered method on the tiny LoRA model, under 1 or 2 processes.
+"""STEPS training steps of any registered method on the tiny LoRA model, under 1 or 2 processes.
 
 Launched by tests/test_methods_distributed.py with plain python (1 process, per-device batch 2b) and with
 `accelerate launch --config_file recipes/accelerate_configs/cpu_2proc.yaml` (2 processes, batch b). The
-dataset is exactly one global batch, so both runs see the same rows whatever the sampler order. Rank 0
-writes the trainable parameters after the step and the logged terms to <out>/<method>.pt; every rank writes
-its own parameters to <out>/<method>-rank<r>.pt (all ranks must end with the same weights).
+dataset is exactly one global batch, so both runs see the same rows whatever the sampler order. LoRA starts
+from a random, non-zero B (init_lora_weights=False), so that every trainable parameter, lora_A included, gets a
+gradient from the first step. Rank 0 writes the trainable parameters before and after the steps and the logged
+terms to <out>/<method>.pt; every rank writes its own parameters to <out>/<method>-rank<r>.pt (all ranks must
+end with the same weights).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
 ROWS = 4  # forget rows = retain rows = one global batch
+STEPS = 3
 
 
 def main() -> None:
@@ -40,7 +43,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = load_tokenizer("smollm2-135m-instruct")
     for method in args.methods:
-        model = wrap_lora(tiny_llama(len(tokenizer), seed=0), LoraSettings())
+        model = wrap_lora(tiny_llama(len(tokenizer), seed=0), LoraSettings(extra={"init_lora_weights": False}))
+        initial = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
         trainer = make_trainer(
             method,
             model,
@@ -48,7 +52,7 @@ def main() -> None:
             out / f"run-{method}",
             dataset=paired(tokenizer, forget=FORGET[:ROWS], retain=RETAIN[:ROWS]),
             per_device_train_batch_size=args.per_device_batch,
-            max_steps=1,
+            max_steps=STEPS,
             optim="sgd",  # the update is exactly lr·direction, so the comparison sees its magnitude too
             learning_rate=0.1,
         )
@@ -61,7 +65,7 @@ def main() -> None:
         torch.save(params, out / f"{method}-rank{trainer.accelerator.process_index}.pt")
         if trainer.accelerator.is_main_process:
             logged = {k: v for row in trainer.state.log_history for k, v in row.items() if isinstance(v, float)}
-            torch.save({"params": params, "logged": logged}, out / f"{method}.pt")
+            torch.save({"initial": initial, "params": params, "logged": logged}, out / f"{method}.pt")
         trainer.accelerator.wait_for_everyone()
     if int(os.environ.get("RANK", "0")) == 0:
         (out / "done").write_text("ok\n")
