@@ -38,7 +38,9 @@ WEIGHTS_ORDER = ("lora", "full")
 def load_results(results: Path) -> dict:
     """{scale: {"runs": {seed: {run: json}}, "selection": {seed: json}}} from <results>/<scale>/seed<N>/."""
     scales: dict = {}
-    for scale_dir in sorted(p for p in results.iterdir() if p.is_dir() and p.name != "cost"):
+    # cost/ and momentum_refresh/ are separate studies with their own files, not harness scales.
+    not_scales = ("cost", "momentum_refresh")
+    for scale_dir in sorted(p for p in results.iterdir() if p.is_dir() and p.name not in not_scales):
         runs, selection = {}, {}
         for seed_dir in sorted(scale_dir.glob("seed*")):
             seed = int(seed_dir.name[len("seed") :])
