@@ -444,12 +444,6 @@ def _provenance(args) -> dict:
     return {**dict.fromkeys(PROVENANCE_KEYS), **args.provenance()}
 
 
-def write_exports(trainer, method: str, model_cfg: ModelConfig, args, run_dir: Path, tokenizer) -> dict:
-    """A trained run's exports (every process calls it): `trainer.export(run_dir, model_cfg)`. `method`, `args`
-    and `tokenizer` are the trainer's own, kept for callers of the earlier signature (tests/scripts)."""
-    return trainer.export(run_dir, model_source=model_cfg)
-
-
 def _evaluation_callback(spec: RunSpec, data: TrainingData, tokenizer, run_dir: Path, trainer):
     from .evaluation.callback import EvaluationCallback
 

@@ -5,7 +5,7 @@ batch), and this script under `accelerate launch` on 2 gloo CPU processes, where
 decoder layer and the root (DTensor parameters; each process takes half the rows). accelerate on CPU ignores
 an FSDP plugin and its DDP refuses DTensor models, so the two optimizer steps are taken here with the trainer's
 own loss and optimizer (SGD: the update is lr·gradient, so FSDP's gradient averaging is compared too). Exports
-go through llm_unlearn.pipeline.write_exports, as in `llm-unlearn unlearn`. Under 2 processes rank 0 also
+go through the trainer's export(run_dir, model_source), as in `llm-unlearn unlearn`. Under 2 processes rank 0 also
 writes <out>/checks.json: that the trainer saw the sharding, and what it refused.
 """
 
@@ -67,7 +67,6 @@ def run_all(base: str, out: Path, world_size: int) -> None:
     from llm_unlearn.config import ModelConfig
     from llm_unlearn.data.collate import PairedCollator
     from llm_unlearn.models import LoraSettings, load_model, load_tokenizer, wrap_lora
-    from llm_unlearn.pipeline import write_exports
 
     torch.set_num_threads(1)
     tokenizer = load_tokenizer("smollm2-135m-instruct")
@@ -114,7 +113,7 @@ def run_all(base: str, out: Path, world_size: int) -> None:
                 except ValueError as err:
                     checks[name]["direct_export"] = str(err)
         model_cfg = ModelConfig(name_or_path=base, lora=LoraSettings() if lora else None)
-        exports = write_exports(trainer, method, model_cfg, trainer.args, out / name, tokenizer)
+        exports = trainer.export(out / name, model_source=model_cfg)
         if trainer.accelerator.is_main_process:
             kinds = {folder: info["kind"] for folder, info in exports.items()}
             (out / name / "exports.json").write_text(json.dumps(kinds, sort_keys=True))
