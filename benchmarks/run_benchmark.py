@@ -39,6 +39,8 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from llm_unlearn.runs import PeakMemory
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "benchmarks" / "results"
 TOFU_SOURCE = "../shared/data/tofu"  # relative to the repository root (the working directory of a run)
@@ -265,42 +267,6 @@ def lr_tag(value: float) -> str:
 
 def alpha_tag(value: float) -> str:
     return f"{value:g}"
-
-
-class PeakMemory:
-    """Peak memory of one stage inside this long-lived process.
-
-    GPU: the allocator's peak since reset. CPU (Linux): the resident-set high-water mark (VmHWM), reset through
-    /proc/self/clear_refs; the peak then includes what the harness itself holds. Elsewhere: the process's max
-    RSS so far (not resettable; recorded as such).
-    """
-
-    def __init__(self):
-        import torch
-
-        self.cuda = torch.cuda.is_available()
-        self.kind = "cuda_max_allocated"
-        if self.cuda:
-            torch.cuda.reset_peak_memory_stats()
-            return
-        try:
-            Path("/proc/self/clear_refs").write_text("5")
-            self.kind = "vm_hwm_since_reset"
-        except OSError:
-            self.kind = "process_max_rss_cumulative"
-
-    def read_mb(self) -> float:
-        import torch
-
-        if self.cuda:
-            return round(torch.cuda.max_memory_allocated() / 2**20, 1)
-        if self.kind == "vm_hwm_since_reset":
-            for line in Path("/proc/self/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    return round(int(line.split()[1]) / 1024, 1)
-        from llm_unlearn.runs import peak_memory_mb
-
-        return round(peak_memory_mb(), 1)
 
 
 # --- the context of one (scale, seed, setting) ---------------------------------------------------------------

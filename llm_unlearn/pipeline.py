@@ -41,11 +41,11 @@ from .models import (
     wrap_lora,
 )
 from .runs import (
+    PeakMemory,
     Stopwatch,
     check_run_dir,
     checkpoint_files,
     last_checkpoint,
-    peak_memory_mb,
     prepare_run_dir,
     write_run_info,
 )
@@ -254,7 +254,7 @@ def run_finetune(spec: RunSpec, options: RunOptions) -> Path:
     check_sources(spec, "finetune")
     check_run_dir(args.output_dir, options.overwrite, options.resume)
     data = TrainingData.load(spec.data)
-    timer = Stopwatch()
+    timer, memory = Stopwatch(), PeakMemory()
     tokenizer = load_tokenizer(spec.model.name_or_path)
     # Seed before building: LoRA's A matrices are drawn from the global RNG when the adapter is created, and the
     # Trainer only seeds in its own __init__ (too late), so without this two runs with one seed differ.
@@ -288,7 +288,7 @@ def run_finetune(spec: RunSpec, options: RunOptions) -> Path:
                 "seed": args.seed,
                 "hyperparameters": _hyperparameters(args),
                 "wall_time_s": timer.seconds(),
-                "peak_memory_mb": round(peak_memory_mb(), 1),
+                "peak_memory_mb": memory.read_mb(),
                 "model_path": str(out),
             },
         )
@@ -387,7 +387,7 @@ def run_unlearn(spec: RunSpec, options: RunOptions) -> Path:
         raise ConfigError(
             f"method {spec.method!r} needs question/answer data (refusals); {spec.data.dataset!r} is raw text"
         )
-    timer = Stopwatch()
+    timer, memory = Stopwatch(), PeakMemory()
     tokenizer = load_tokenizer(spec.model.name_or_path)
     # Seed before building: LoRA's A matrices are drawn from the global RNG when the adapter is created, and the
     # Trainer only seeds in its own __init__ (too late), so without this two runs with one seed differ.
@@ -426,7 +426,7 @@ def run_unlearn(spec: RunSpec, options: RunOptions) -> Path:
             "runaway_steps": trainer.runaway_steps[:20],
             "world_size": trainer.accelerator.num_processes,
             "wall_time_s": timer.seconds(),
-            "peak_memory_mb": round(peak_memory_mb(), 1),
+            "peak_memory_mb": memory.read_mb(),
         }
         write_run_info(run_dir, info)
         # Each exported folder carries its own provenance (its α), so it can be pushed on its own.
@@ -568,7 +568,7 @@ def run_evaluate(spec: RunSpec, options: RunOptions) -> Path:
     model = load_for_eval(spec.model, model_path)
     out_dir = prepare_run_dir(out_dir, options.overwrite, options.resume)  # only once the inputs loaded
     set_seed(seed)
-    timer = Stopwatch()
+    timer, memory = Stopwatch(), PeakMemory()
     summary = run_evaluation(
         model,
         tokenizer,
@@ -593,7 +593,7 @@ def run_evaluate(spec: RunSpec, options: RunOptions) -> Path:
                 "data": data.summary(),
                 "format": spec.fmt.describe(),
                 "wall_time_s": timer.seconds(),
-                "peak_memory_mb": round(peak_memory_mb(), 1),
+                "peak_memory_mb": memory.read_mb(),
                 "summary_metrics": summary.get("metrics", summary) if isinstance(summary, dict) else None,
             },
         )

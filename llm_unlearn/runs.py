@@ -85,12 +85,35 @@ def checkpoint_files(trainer) -> tuple[str, ...]:
     return (CHECKPOINT_STATE_FILE, *extra)
 
 
-def peak_memory_mb() -> float:
-    """Peak memory of this process: GPU allocator peak on CUDA, else the max resident set size."""
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 1024 if sys.platform != "darwin" else rss / 2**20
+class PeakMemory:
+    """Peak memory of one stage of a (possibly long-lived) process, from when this object was made.
+
+    CUDA: the allocator's peak since reset. CPU on Linux: the resident-set high-water mark (VmHWM), reset through
+    /proc/self/clear_refs, so it includes what the process already held. Elsewhere: the process's max RSS so
+    far, which cannot be reset. `kind` names which of the three a number is.
+    """
+
+    def __init__(self):
+        self.cuda = torch.cuda.is_available()
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+            self.kind = "cuda_max_allocated"
+            return
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+            self.kind = "vm_hwm_since_reset"
+        except OSError:
+            self.kind = "process_max_rss_cumulative"
+
+    def read_mb(self) -> float:
+        if self.cuda:
+            return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        if self.kind == "vm_hwm_since_reset":
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return round(rss / 1024 if sys.platform != "darwin" else rss / 2**20, 1)
 
 
 class Stopwatch:

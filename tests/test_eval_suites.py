@@ -180,6 +180,18 @@ def test_tofu_options_truncation_and_input_errors(tokenizer, tiny_model):
     assert any("holdout" in note for note in result.notes)
 
 
+def test_tofu_rows_option_keeps_evenly_spaced_rows(tokenizer, tiny_model):
+    options = replace(FAST, rows={"forget": 2, "world_facts": 5}, sets=("forget", "world_facts"), metrics=("prob",))
+    result = evaluate_tofu(tiny_model, tokenizer, tofu_sets(("A a", "B b", "C c", "D d", "E e")), options)
+    # 5 forget rows, keep 2: positions 0 and 5 // 2 = 2 -> indices 100 and 102; 5 > 2 world facts keeps both.
+    assert result.meta["row_counts"] == {"forget": 2, "world_facts": 2}
+    assert sorted(int(i) for i in result.per_sample["forget"]["prob"]) == [100, 102]
+    with pytest.raises(ValueError, match="rows: unknown set"):
+        TofuEvalOptions(rows={"forgets": 2})
+    with pytest.raises(ValueError, match="whole numbers >= 1"):
+        TofuEvalOptions(rows={"forget": 0})
+
+
 def muse_data():
     qa = [{"question": f"What did council {k} vote on?", "answer": f"The bridge number {k}."} for k in range(3)]
     texts = [f"Residents of town {k} gathered on Monday to debate the new harbour plan." for k in range(6)]

@@ -72,6 +72,8 @@ class TofuEvalOptions:
         those questions in one forward (6 x batch_size sequences on forget/retain).
     max_new_tokens: greedy answer length for ROUGE (TOFU: 200).
     truncate_rows: keep only the first N rows of every set (original TOFU: 300); None keeps all.
+    rows: {set: N} keeps N evenly spaced rows of that set (every author stays represented; cheap subsets for
+        benchmarks), applied after truncate_rows; sets not named keep all their rows.
     rouge_stemming: rouge_score's Porter stemmer (TOFU: on).
     label_mode: None takes the prompt format's; "open_unlearning" reproduces that toolkit's span and mask.
     sets / metrics: what to run; metric groups are prob, truth_ratio, rouge, memorization (forget), mia
@@ -82,6 +84,7 @@ class TofuEvalOptions:
     batch_size: int = 16
     max_new_tokens: int = 200
     truncate_rows: int | None = None
+    rows: dict[str, int] | None = None
     rouge_stemming: bool = True
     label_mode: str | None = None
     sets: tuple[str, ...] = TOFU_SETS
@@ -100,6 +103,18 @@ class TofuEvalOptions:
             raise ValueError("TofuEvalOptions.truncate_rows must be None or at least 1 (TOFU used 300)")
         if self.label_mode is not None and self.label_mode not in LABEL_MODES:
             raise ValueError(f"TofuEvalOptions.label_mode must be None or one of {LABEL_MODES}")
+        if self.rows is not None:
+            if unknown := [s for s in self.rows if s not in TOFU_SETS]:
+                raise ValueError(f"TofuEvalOptions.rows: unknown set(s) {unknown}; choose from {TOFU_SETS}")
+            if bad := {s: n for s, n in self.rows.items() if not isinstance(n, int) or n < 1}:
+                raise ValueError(f"TofuEvalOptions.rows: row counts must be whole numbers >= 1 (got {bad})")
+
+
+def evenly_spaced(records: list, count: int | None) -> list:
+    """`count` rows spread over the whole list (every author represented), in their original order."""
+    if count is None or count >= len(records):
+        return list(records)
+    return [records[(i * len(records)) // count] for i in range(count)]
 
 
 def _required_keys(set_name: str, groups: tuple[str, ...]) -> list[str]:
@@ -123,6 +138,7 @@ def prepare_tofu_sets(eval_sets: dict[str, list[dict]], options: TofuEvalOptions
             notes.append(f"set '{name}' not given: skipped" + (" (no MIA / privleak)" if name == "holdout" else ""))
             continue
         records = list(records)[: options.truncate_rows] if options.truncate_rows else list(records)
+        records = evenly_spaced(records, (options.rows or {}).get(name))
         required = _required_keys(name, options.metrics)
         seen: set[int] = set()
         prepared = []
