@@ -112,15 +112,11 @@ class RunSpec:
 
 def eval_options_class(suite: str):
     """The options dataclass of an evaluation suite (`evaluation.options` is built from it)."""
-    if suite == "tofu":
-        from .evaluation.tofu import TofuEvalOptions
+    from .evaluation.runner import SUITES
 
-        return TofuEvalOptions
-    if suite == "muse":
-        from .evaluation.muse import MuseEvalOptions
-
-        return MuseEvalOptions
-    raise ConfigError(f"evaluation.suite must be 'tofu' or 'muse', not {suite!r}")
+    if suite not in SUITES:
+        raise ConfigError(f"evaluation.suite must be one of {', '.join(map(repr, SUITES))}, not {suite!r}")
+    return SUITES[suite].options
 
 
 def parse_config(raw: dict) -> RunSpec:
@@ -535,9 +531,7 @@ def run_evaluate(spec: RunSpec, options: RunOptions) -> Path:
     """Evaluate `evaluation.model_path` (default: <training.output_dir>/unlearned); writes per_sample.json and
     summary.json into `evaluation.output_dir` (default: an `eval` folder beside the model folder, where the model
     card of a pushed model folder finds it)."""
-    from .evaluation.muse import MuseEvalOptions
     from .evaluation.runner import run_evaluation
-    from .evaluation.tofu import TofuEvalOptions
 
     settings = spec.evaluation
     training = spec.raw.get("training") or {}
@@ -562,8 +556,7 @@ def run_evaluate(spec: RunSpec, options: RunOptions) -> Path:
             f"evaluation.suite {settings.suite!r} does not fit data.dataset {spec.data.dataset!r}: use {suite!r}"
         )
     out_dir = check_run_dir(settings.output_dir or Path(model_path).parent / "eval", options.overwrite, options.resume)
-    options_cls = TofuEvalOptions if suite == "tofu" else MuseEvalOptions
-    eval_options = build_dataclass(options_cls, settings.options, "evaluation.options")
+    eval_options = build_dataclass(eval_options_class(suite), settings.options, "evaluation.options")
     tokenizer = load_tokenizer(spec.model.name_or_path)
     model = load_for_eval(spec.model, model_path)
     out_dir = prepare_run_dir(out_dir, options.overwrite, options.resume)  # only once the inputs loaded

@@ -21,7 +21,7 @@ from transformers import TrainerCallback
 from llm_unlearn.data.collate import PromptFormat
 from llm_unlearn.evaluation.logs import STEPS_FILE, append_jsonl, as_reference
 from llm_unlearn.evaluation.muse import MuseEvalOptions
-from llm_unlearn.evaluation.runner import evaluate_suite
+from llm_unlearn.evaluation.runner import evaluate_suite, get_suite
 from llm_unlearn.evaluation.scoring import distributed_state, is_main_process
 from llm_unlearn.evaluation.tofu import TofuEvalOptions
 
@@ -52,7 +52,7 @@ class EvaluationCallback(TrainerCallback):
         if every_n_steps < 1:
             raise ValueError("every_n_steps must be at least 1")
         if options is None:
-            options = TofuEvalOptions() if suite == "tofu" else MuseEvalOptions()
+            options = get_suite(suite).options()
         self.options = replace(options, sets=tuple(sets)) if sets is not None else options
         self.tokenizer, self.suite, self.data, self.fmt = tokenizer, suite, data, fmt
         self.out_dir = Path(out_dir)

@@ -11,6 +11,8 @@ folder) as `reference_log`; it must cover the same forget (and holdout) rows, ch
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from llm_unlearn import __version__
@@ -20,7 +22,30 @@ from llm_unlearn.evaluation.muse import MuseEvalOptions, evaluate_muse
 from llm_unlearn.evaluation.scoring import distributed_state, is_main_process
 from llm_unlearn.evaluation.tofu import TofuEvalOptions, evaluate_tofu
 
-SUITES = ("tofu", "muse")
+
+@dataclass(frozen=True)
+class Suite:
+    """An evaluation suite: its options dataclass (`evaluation.options` in a config), its evaluate function
+    (model, tokenizer, data, options, fmt, reference_log) -> EvalResult, and the data it reads ("qa": question
+    and answer sets; "text": MUSE-layout corpora)."""
+
+    name: str
+    options: type
+    evaluate: Callable[..., EvalResult]
+    data_kind: str
+
+
+# Every place that chooses a suite (config parsing, the evaluate stage, the training callback) reads this table.
+SUITES = {
+    "tofu": Suite("tofu", TofuEvalOptions, evaluate_tofu, "qa"),
+    "muse": Suite("muse", MuseEvalOptions, evaluate_muse, "text"),
+}
+
+
+def get_suite(name: str) -> Suite:
+    if name not in SUITES:
+        raise ValueError(f"evaluation suite must be one of {', '.join(SUITES)}, not {name!r}")
+    return SUITES[name]
 
 
 def evaluate_suite(
@@ -28,20 +53,15 @@ def evaluate_suite(
     tokenizer,
     suite: str,
     data: dict,
-    options: TofuEvalOptions | MuseEvalOptions | None = None,
+    options=None,
     fmt: PromptFormat | None = None,
     reference_log: str | os.PathLike | ReferenceLog | None = None,
 ) -> EvalResult:
-    """Dispatch to the TOFU or MUSE suite, checking that the options match it."""
-    if suite == "tofu":
-        if options is not None and not isinstance(options, TofuEvalOptions):
-            raise TypeError(f"suite 'tofu' takes TofuEvalOptions, not {type(options).__name__}")
-        return evaluate_tofu(model, tokenizer, data, options, fmt, reference_log)
-    if suite == "muse":
-        if options is not None and not isinstance(options, MuseEvalOptions):
-            raise TypeError(f"suite 'muse' takes MuseEvalOptions, not {type(options).__name__}")
-        return evaluate_muse(model, tokenizer, data, options, fmt, reference_log)
-    raise ValueError(f"suite must be one of {SUITES}, not {suite!r}")
+    """Run one suite, checking that the options belong to it."""
+    chosen = get_suite(suite)
+    if options is not None and not isinstance(options, chosen.options):
+        raise TypeError(f"suite {suite!r} takes {chosen.options.__name__}, not {type(options).__name__}")
+    return chosen.evaluate(model, tokenizer, data, options, fmt, reference_log)
 
 
 def run_evaluation(
@@ -50,7 +70,7 @@ def run_evaluation(
     suite: str,
     data: dict,
     out_dir: str | os.PathLike,
-    options: TofuEvalOptions | MuseEvalOptions | None = None,
+    options=None,
     fmt: PromptFormat | None = None,
     reference_log: str | os.PathLike | None = None,
 ) -> dict:
