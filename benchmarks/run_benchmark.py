@@ -4,7 +4,7 @@
 
 For one scale and seed this script
 1. fine-tunes (or reuses from the cache) the target model (forget + retain) and the retain model (retain only)
-   with the pipeline's finetune stage; the cache lives outside the repository, under
+   with the finetune stage; the cache lives outside the repository, under
    `$LLM_UNLEARN_CACHE/bench/` (default ~/.cache/llm_unlearn/bench), keyed by a hash of the config;
 2. evaluates the retain model once (the reference log for forget quality and privleak) and the target model
    (the utility baseline of the model-selection rule);
@@ -330,7 +330,7 @@ def finetune_config(ctx: Context, which: str) -> dict:
 
 def prepare_finetuned(ctx: Context, which: str) -> tuple[str, dict]:
     """Fit (or reuse) the target or retain model; the cache key hashes the whole config."""
-    from llm_unlearn.pipeline import RunOptions, parse_config, run_finetune
+    from llm_unlearn.stages import RunOptions, parse_config, run_finetune
 
     config = finetune_config(ctx, which)
     key = config_hash({"config": config, "base_model_tag": ctx.scale.base_model})
@@ -356,7 +356,7 @@ def prepare_finetuned(ctx: Context, which: str) -> tuple[str, dict]:
 
 def eval_sets_for(ctx: Context) -> dict[str, list[dict]]:
     from llm_unlearn.data import DataConfig, load_qa_splits
-    from llm_unlearn.pipeline import eval_sets
+    from llm_unlearn.stages.training_data import eval_sets
 
     sets = eval_sets(load_qa_splits(DataConfig.from_dict(ctx.setting.data)))
     return {name: evenly_spaced(rows, ctx.scale.eval_rows.get(name)) for name, rows in sets.items()}
@@ -369,7 +369,7 @@ def evaluate(ctx: Context, model_path: str, out_dir: Path, reference_log: str | 
     from llm_unlearn.evaluation.runner import run_evaluation
     from llm_unlearn.evaluation.tofu import TofuEvalOptions
     from llm_unlearn.models import load_tokenizer
-    from llm_unlearn.pipeline import load_for_eval
+    from llm_unlearn.stages import load_for_eval
 
     memory = PeakMemory()
     start = time.perf_counter()
@@ -504,7 +504,7 @@ def stamp_run_info(work: Path, config: dict, **fields) -> None:
 def train(config: dict, exports: list[Path] = ()) -> tuple[Path, float, float]:
     """run_unlearn in a fresh folder unless the same config already finished there with `exports` still on disk
     (evaluated exports are deleted, and an α sweep may change between invocations). Returns (dir, s, MB)."""
-    from llm_unlearn.pipeline import RunOptions, parse_config, run_unlearn
+    from llm_unlearn.stages import RunOptions, parse_config, run_unlearn
 
     work = Path(config["training"]["output_dir"])
     info = reusable(work, config, list(exports))
@@ -521,7 +521,7 @@ def train(config: dict, exports: list[Path] = ()) -> tuple[Path, float, float]:
 
 def extrapolate_plain(ctx: Context, config: dict, alphas: list[float]) -> Path:
     """Plain MOX θ_for for every α from the saved memorization model (no training)."""
-    from llm_unlearn.pipeline import RunOptions, parse_config, run_extrapolate
+    from llm_unlearn.stages import RunOptions, parse_config, run_extrapolate
 
     work = Path(config["training"]["output_dir"])
     out = work.parent / f"{work.name}-plain"

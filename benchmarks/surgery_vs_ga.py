@@ -23,7 +23,7 @@ from llm_unlearn.data.collate import PaddingCollator, PairedDataset, QADataset
 from llm_unlearn.methods import get_method
 from llm_unlearn.methods.base import sequence_stats
 from llm_unlearn.models import LoraSettings, load_model, load_tokenizer, wrap_lora
-from llm_unlearn.pipeline import RunOptions, parse_config, run_finetune
+from llm_unlearn.stages import RunOptions, parse_config, run_finetune
 from llm_unlearn.utils import atomic_write_json, environment_info
 
 METHODS = ("ga", "eupmu", "ungrad", "pcgrad", "sfron")

@@ -140,19 +140,11 @@ def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
-    from . import pipeline
+    from .stages import STAGES, RunOptions, load_spec
 
-    if args.command in ("finetune", "unlearn", "extrapolate", "evaluate"):
-        spec = pipeline.load_spec(args.config, args.overrides)
-        options = pipeline.RunOptions(overwrite=args.overwrite, resume=args.resume)
-        if args.command == "finetune":
-            out = pipeline.run_finetune(spec, options)
-        elif args.command == "unlearn":
-            out = pipeline.run_unlearn(spec, options)
-        elif args.command == "extrapolate":
-            out = pipeline.run_extrapolate(spec, options)
-        else:
-            out = pipeline.run_evaluate(spec, options)
+    if args.command in STAGES:
+        spec = load_spec(args.config, args.overrides)
+        out = STAGES[args.command](spec, RunOptions(overwrite=args.overwrite, resume=args.resume))
         print(f"[llm-unlearn] {args.command} done: outputs in {out}", flush=True)
     elif args.command == "report":
         from .evaluation.report import make_report

@@ -11,7 +11,7 @@ import copy
 import time
 from pathlib import Path
 
-from .pipeline import RunOptions, parse_config, run_evaluate, run_finetune, run_unlearn
+from .stages import RunOptions, parse_config, run_evaluate, run_finetune, run_unlearn
 
 DATA = {
     "dataset": "synthetic",

@@ -180,7 +180,7 @@ def method_summary(method: str) -> str:
 
 
 def method_tags(method: str) -> list[str]:
-    """The trainer's tags for a registry name as the pipeline records it; any other spelling is its own tag."""
+    """The trainer's tags for a registry name as the stages record it; any other spelling is its own tag."""
     trainer = registered_trainer(method) if method == method.lower() else None
     return list(trainer.tags) if trainer is not None else [method]
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import resource
 import shutil
 import sys
 import time
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -124,8 +126,62 @@ class Stopwatch:
         return round(time.perf_counter() - self.start, 2)
 
 
-def write_run_info(run_dir: str | os.PathLike, payload: dict) -> dict:
-    """run_info.json: what produced this folder (method, hyper-parameters, data hashes, seed, versions, commit)."""
-    info = {"toolkit_version": __version__, **environment_info(), **payload}
-    atomic_write_json(Path(run_dir) / "run_info.json", info)
-    return info
+@dataclass
+class RunInfo:
+    """run_info.json: what produced a folder. Every stage writes one (finetune, unlearn and each of its exports,
+    extrapolate, evaluate); the model card, the report and the benchmark read it. A field a stage has nothing for
+    is null, so every file holds every key. The environment (package versions, git commit, device) is added when
+    written."""
+
+    stage: str
+    base_model: str
+    seed: int
+    method: str | None = None
+    which: str | None = None  # finetune: the target or the retain model
+    memorization: str | None = None  # extrapolate: the saved memorization adapter/model
+    model_path: str | None = None  # finetune: the model written; evaluate: the model evaluated
+    reference_log: str | None = None
+    hyperparameters: dict = field(default_factory=dict)
+    # The method config's provenance() (MOX: alpha, alphas, eta; task vectors: alpha; a new method its own
+    # values), written as top-level keys; alpha, alphas and eta are always written (null when unused).
+    provenance: dict = field(default_factory=dict)
+    base_model_revision: str | None = None
+    lora: dict | None = None
+    data: dict | None = None
+    format: dict | None = None
+    exports: dict | None = None  # unlearn/extrapolate: every folder written, {name: what it holds}
+    export: dict | None = None  # inside an exported folder: which export this folder is
+    runaway_steps: list | None = None
+    world_size: int | None = None
+    summary_metrics: dict | None = None  # evaluate
+    wall_time_s: float | None = None
+    peak_memory_mb: float | None = None
+    peak_memory_kind: str | None = None
+
+    def to_json(self) -> dict:
+        stage_fields = {k: v for k, v in asdict(self).items() if k != "provenance"}
+        provenance = {**dict.fromkeys(PROVENANCE_KEYS), **self.provenance}
+        return {"toolkit_version": __version__, **environment_info(), **stage_fields, **provenance}
+
+    def write(self, run_dir: str | os.PathLike) -> dict:
+        info = self.to_json()
+        atomic_write_json(Path(run_dir) / RUN_INFO_FILE, info)
+        return info
+
+    @classmethod
+    def read(cls, run_dir: str | os.PathLike) -> RunInfo:
+        """A run folder's run_info.json back as a RunInfo: the environment keys are dropped, and every key that
+        is neither a field nor environment is the method's provenance."""
+        values = json.loads((Path(run_dir) / RUN_INFO_FILE).read_text())
+        names = {f.name for f in fields(cls)}
+        environment = {"toolkit_version", *environment_info()}
+        provenance = {k: v for k, v in values.items() if k not in names and k not in environment}
+        return cls(**{k: v for k, v in values.items() if k in names and k != "provenance"}, provenance=provenance)
+
+    @property
+    def alpha(self) -> float | None:
+        return self.provenance.get("alpha")
+
+
+RUN_INFO_FILE = "run_info.json"
+PROVENANCE_KEYS = ("alpha", "alphas", "eta")  # the model card reads α and η from every unlearn run

@@ -1,6 +1,6 @@
 """Recipe: `accelerate launch recipes/evaluate.py <config.yaml> [section.field=value ...] [--overwrite|--resume]`.
 
-A thin wrapper over llm_unlearn.pipeline; the same as `llm-unlearn evaluate ...`. Works under plain python, accelerate
+A thin wrapper over llm_unlearn.stages; the same as `llm-unlearn evaluate ...`. Works under plain python, accelerate
 with several CPU processes (recipes/accelerate_configs/cpu_2proc.yaml) and on GPUs.
 """
 

@@ -21,9 +21,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llm_unlearn import cli, pipeline
+from llm_unlearn import cli, stages
 from llm_unlearn.coerce import TypeMismatch, coerce
 from llm_unlearn.config import ConfigError, convert_value
+from llm_unlearn.stages.spec import check_sources
 
 REPO = Path(__file__).resolve().parents[1]
 # One recipe per method and model (TOFU recipes take their split as an override): every recipe is mutated.
@@ -115,12 +116,12 @@ def test_convert_value_names_the_field_and_the_type():
 
 def test_readme_override_example_parses_as_a_float():
     """README: `training.learning_rate=2e-4` (and a recipe's `learning_rate: 1e-5`) are floats, not strings."""
-    spec = pipeline.load_spec(str(REPO / "recipes/synthetic/ga_lora.yaml"), ["training.learning_rate=2e-4"])
-    args = pipeline.training_args(spec, "unlearn")
+    spec = stages.load_spec(str(REPO / "recipes/synthetic/ga_lora.yaml"), ["training.learning_rate=2e-4"])
+    args = stages.training_args(spec, "unlearn")
     assert args.learning_rate == 2e-4 and isinstance(args.learning_rate, float)
     assert yaml.safe_load("learning_rate: 1e-5")["learning_rate"] == "1e-5"  # why the conversion is needed
-    spec = pipeline.load_spec(str(REPO / "recipes/synthetic/finetune_target.yaml"), ["training.learning_rate=1e-5"])
-    assert pipeline.training_args(spec, "finetune").learning_rate == 1e-5
+    spec = stages.load_spec(str(REPO / "recipes/synthetic/finetune_target.yaml"), ["training.learning_rate=1e-5"])
+    assert stages.training_args(spec, "finetune").learning_rate == 1e-5
 
 
 def test_readme_override_example_trains(tmp_path, monkeypatch):
@@ -273,11 +274,11 @@ def base_config(path: Path, inputs: dict[str, Path], out: Path) -> dict:
 
 def check_passes(raw: dict) -> None:
     """The unmutated config passes every check a stage runs before it loads anything."""
-    spec = pipeline.parse_config(raw)
+    spec = stages.parse_config(raw)
     stage = stage_of(raw)
     if stage != "evaluate":
-        pipeline.training_args(spec, stage)
-    pipeline.check_sources(spec, stage)
+        stages.training_args(spec, stage)
+    check_sources(spec, stage)
 
 
 def run_cli(argv: list[str], capsys) -> tuple[int, str]:
@@ -297,8 +298,8 @@ def test_every_mutant_of_a_recipe_stops_with_one_line(path, inputs, tmp_path, ca
     stage, command = stage_of(base), command_of(base)
     mutations = [*MUTATIONS, TOFU_SOURCE_MUTATION] if "tofu" in path.parts else MUTATIONS
     failures, tried = [], 0
-    for name, stages, mutate, excerpt in mutations:
-        if stage not in stages:
+    for name, mutant_stages, mutate, excerpt in mutations:
+        if stage not in mutant_stages:
             continue
         tried += 1
         config = tmp_path / f"{name}.yaml"

@@ -28,7 +28,7 @@ from reliability_setup import (  # noqa: E402
     write_yaml,
 )
 
-from llm_unlearn import cli, pipeline  # noqa: E402
+from llm_unlearn import cli, stages  # noqa: E402
 from llm_unlearn.config import ConfigError, accelerate_config_path  # noqa: E402
 from llm_unlearn.data.io import DataError  # noqa: E402
 from llm_unlearn.models import AdapterMismatchError, ModelResolutionError  # noqa: E402
@@ -87,11 +87,11 @@ def ctx(tmp_path, model_dir, caplog) -> Ctx:
 
 
 def unlearn(config: dict, **options) -> Path:
-    return pipeline.run_unlearn(pipeline.parse_config(config), pipeline.RunOptions(**options))
+    return stages.run_unlearn(stages.parse_config(config), stages.RunOptions(**options))
 
 
 def evaluate(config: dict) -> Path:
-    return pipeline.run_evaluate(pipeline.parse_config(config), pipeline.RunOptions())
+    return stages.run_evaluate(stages.parse_config(config), stages.RunOptions())
 
 
 def fails_before_training(ctx: Ctx, error: type[BaseException], action: Callable[[], object]) -> str:
@@ -221,14 +221,14 @@ def _(ctx: Ctx) -> str:
 def _(ctx: Ctx) -> str:
     config = ctx.config()
     config["evaluation"]["options"]["metrics"] = ["prob", "bleu"]
-    return fails_before_training(ctx, ConfigError, lambda: pipeline.parse_config(config))
+    return fails_before_training(ctx, ConfigError, lambda: stages.parse_config(config))
 
 
 @case("unknown-eval-set")
 def _(ctx: Ctx) -> str:
     config = ctx.config()
     config["evaluation"]["options"]["sets"] = ["forgett"]
-    return fails_before_training(ctx, ConfigError, lambda: pipeline.parse_config(config))
+    return fails_before_training(ctx, ConfigError, lambda: stages.parse_config(config))
 
 
 @case("alpha-not-positive")
@@ -247,7 +247,7 @@ def _(ctx: Ctx) -> str:
     config = ctx.config()
     config["trainig"] = config.pop("training")
     with pytest.raises(ConfigError, match=r"unknown section\(s\) \['trainig'\]"):
-        pipeline.parse_config(config)  # a dict config (Python API) is checked like a YAML file
+        stages.parse_config(config)  # a dict config (Python API) is checked like a YAML file
     path = write_yaml(ctx.tmp / "typo.yaml", config)
     return fails_before_training(ctx, ConfigError, lambda: cli.main(["--verbose", "unlearn", str(path)]))
 
@@ -380,8 +380,8 @@ def _(ctx: Ctx) -> str:
 def _(ctx: Ctx) -> str:
     config = ctx.config()
     config["extrapolate"] = {"memorization": "./no_such_memorization"}
-    spec = pipeline.parse_config(config)
-    return fails_before_loading(ctx, ConfigError, lambda: pipeline.run_extrapolate(spec, pipeline.RunOptions()))
+    spec = stages.parse_config(config)
+    return fails_before_loading(ctx, ConfigError, lambda: stages.run_extrapolate(spec, stages.RunOptions()))
 
 
 @case("missing-reference-log")

@@ -1,5 +1,5 @@
 """Methods own their metadata and exports: every registered trainer says its family, summary, tags and paper and
-how it exports, every config its provenance; the pipeline, the model card, the benchmark harness and the tables
+how it exports, every config its provenance; the stages, the model card, the benchmark harness and the tables
 read them, so a new method needs its module and one registry line, nothing else."""
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ import make_tables  # noqa: E402
 import run_benchmark as rb  # noqa: E402
 from reliability_setup import run_config, save_tiny_model  # noqa: E402
 
-from llm_unlearn import pipeline  # noqa: E402
+from llm_unlearn import stages  # noqa: E402
 from llm_unlearn.model_card import build_model_card  # noqa: E402
+from llm_unlearn.runs import RunInfo  # noqa: E402
 
 FAMILIES = {"ascent", "descent", "mox"}
 
@@ -98,8 +99,14 @@ def test_provenance_of_the_extrapolating_methods(tmp_path):
     mox = METHODS["mox"].config(output_dir=str(tmp_path), use_cpu=True, alpha=2.0, alphas=[8.0, 2.0], momentum=True)
     assert mox.provenance() == {"alpha": 2.0, "alphas": [2.0, 8.0], "eta": 0.675}
     tv = METHODS["task_vector"].config(output_dir=str(tmp_path), use_cpu=True)
-    assert pipeline._provenance(tv) == {"alpha": 5.0, "alphas": None, "eta": None}
-    assert pipeline._provenance(METHODS["ga"].config(output_dir=str(tmp_path), use_cpu=True)) == {
+
+    # What run_info.json records: the config's provenance, null for what the method does not use.
+    def recorded(args):
+        info = RunInfo(stage="unlearn", base_model="m", seed=0, provenance=args.provenance()).to_json()
+        return {key: info[key] for key in ("alpha", "alphas", "eta")}
+
+    assert recorded(tv) == {"alpha": 5.0, "alphas": None, "eta": None}
+    assert recorded(METHODS["ga"].config(output_dir=str(tmp_path), use_cpu=True)) == {
         "alpha": None,
         "alphas": None,
         "eta": None,
@@ -111,7 +118,12 @@ def test_provenance_of_the_extrapolating_methods(tmp_path):
 # Files that read the method classes. A method name may appear in a named module constant (ALL_CAPS: benchmark
 # settings keyed by method, the scales, a family name that equals its method's, an experiment's reference
 # method), which states the protocol as data; never inline in a code path (`if method == "npo"`).
-READERS = ("llm_unlearn/pipeline.py", "llm_unlearn/model_card.py", "llm_unlearn/hub.py", "benchmarks/make_tables.py")
+READERS = (
+    *(f"llm_unlearn/stages/{p.name}" for p in sorted((REPO / "llm_unlearn" / "stages").glob("*.py"))),
+    "llm_unlearn/model_card.py",
+    "llm_unlearn/hub.py",
+    "benchmarks/make_tables.py",
+)
 
 
 def method_name_literals(path: Path) -> list[tuple[int, str]]:
@@ -173,10 +185,10 @@ def toy_registered(monkeypatch):
     return "toy"
 
 
-def test_a_new_method_runs_through_the_pipeline_and_onto_its_card(toy_registered, tmp_path):
+def test_a_new_method_runs_through_the_stages_and_onto_its_card(toy_registered, tmp_path):
     model_dir = save_tiny_model(tmp_path / "tiny")
     config = run_config(model_dir, tmp_path / "run", "toy", max_steps=1, strength=0.75)
-    pipeline.run_unlearn(pipeline.parse_config(config), pipeline.RunOptions())
+    stages.run_unlearn(stages.parse_config(config), stages.RunOptions())
     run = tmp_path / "run"
     info = json.loads((run / "run_info.json").read_text())
     assert info["method"] == "toy" and info["hyperparameters"]["strength"] == 0.75

@@ -8,7 +8,7 @@ import torch
 import yaml
 
 from llm_unlearn.config import ConfigError
-from llm_unlearn.pipeline import (
+from llm_unlearn.stages import (
     RunOptions,
     load_spec,
     run_evaluate,

@@ -20,8 +20,9 @@ from safetensors.torch import load_file
 sys.path.insert(0, str(Path(__file__).parent / "scripts"))
 from reliability_setup import run_config, save_tiny_model, write_yaml  # noqa: E402
 
-from llm_unlearn import cli, pipeline  # noqa: E402
+from llm_unlearn import cli, stages  # noqa: E402
 from llm_unlearn.runs import RunExistsError  # noqa: E402
+from llm_unlearn.stages.loading import save_model_folder  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -131,12 +132,12 @@ def test_failed_export_leaves_no_complete_looking_output_and_resume_recovers(mod
 
     monkeypatch.setattr(Trainer, "_save", failing_save)
     with pytest.raises(OSError, match="No space left"):
-        pipeline.run_unlearn(pipeline.parse_config(config), pipeline.RunOptions())
+        stages.run_unlearn(stages.parse_config(config), stages.RunOptions())
     left = sorted(p.name for p in run.iterdir())
     assert left == ["checkpoint-2"], left  # no unlearned/, no staging folder, no run_info.json
     monkeypatch.setattr(Trainer, "_save", real_save)
 
-    pipeline.run_unlearn(pipeline.parse_config(config), pipeline.RunOptions(resume=True))
+    stages.run_unlearn(stages.parse_config(config), stages.RunOptions(resume=True))
     assert (run / "unlearned" / "adapter_model.safetensors").is_file()
     assert read_json(run / "run_info.json")["stage"] == "unlearn"
 
@@ -158,13 +159,13 @@ def test_atomic_writers_leave_nothing_half_written(model_dir, tmp_path, monkeypa
         xp.save_extrapolated_adapter(peft_model, 2.0, tmp_path / "unlearned")
     assert listing() == []
 
-    # Finetune model folder (pipeline._save_model_folder): save_pretrained dies halfway.
+    # Finetune model folder (save_model_folder): save_pretrained dies halfway.
     model = load_model(str(model_dir))
     monkeypatch.setattr(
         model, "save_pretrained", lambda folder, **_: _partial_then_fail(Path(folder) / "model.safetensors")
     )
     with pytest.raises(OSError):
-        pipeline._save_model_folder(model, tokenizer, tmp_path / "model")
+        save_model_folder(model, tokenizer, tmp_path / "model")
     assert listing() == []
 
     # JSON outputs: an existing file keeps its old content when a rewrite fails before the rename.
@@ -263,7 +264,7 @@ def test_ga_runaway_is_logged_and_recorded_in_run_info(model_dir, tmp_path, capl
     run = tmp_path / "ga"
     config = run_config(model_dir, run, "ga", learning_rate=1e-2, max_steps=4, forget_nll_bound=bound)
     with caplog.at_level(logging.WARNING, logger="llm_unlearn.methods.base"):
-        pipeline.run_unlearn(pipeline.parse_config(config), pipeline.RunOptions())
+        stages.run_unlearn(stages.parse_config(config), stages.RunOptions())
     above = [step for step, row in sorted(step_rows(run).items()) if row["forget_nll"] > bound]
     assert above and 1 not in above  # the bound is crossed during the run, not from the start
     assert read_json(run / "run_info.json")["runaway_steps"] == above
@@ -278,11 +279,11 @@ def _finetune_unlearn_evaluate(model_dir: Path, root: Path, seed: int = 0) -> di
     target = root / "target"
     finetune = run_config(model_dir, target, None, seed=seed)
     finetune["finetune"] = {"which": "target"}
-    pipeline.run_finetune(pipeline.parse_config(finetune), pipeline.RunOptions())
+    stages.run_finetune(stages.parse_config(finetune), stages.RunOptions())
     unlearn = run_config(target / "model", root / "mox", "mox", seed=seed)
-    pipeline.run_unlearn(pipeline.parse_config(unlearn), pipeline.RunOptions())
+    stages.run_unlearn(stages.parse_config(unlearn), stages.RunOptions())
     unlearn["evaluation"]["model_path"] = str(root / "mox" / "unlearned")
-    pipeline.run_evaluate(pipeline.parse_config(unlearn), pipeline.RunOptions())
+    stages.run_evaluate(stages.parse_config(unlearn), stages.RunOptions())
     return {"finetune": target, "unlearn": root / "mox", "evaluate": root / "mox" / "eval"}
 
 
@@ -313,7 +314,7 @@ def test_a_different_seed_changes_the_lora_initialisation(model_dir, tmp_path):
     states = []
     for seed in (0, 1):
         config = run_config(model_dir, tmp_path / f"seed{seed}", "mox", seed=seed, max_steps=1)
-        pipeline.run_unlearn(pipeline.parse_config(config), pipeline.RunOptions())
+        stages.run_unlearn(stages.parse_config(config), stages.RunOptions())
         states.append(load_file(tmp_path / f"seed{seed}" / "memorization" / "adapter_model.safetensors"))
     lora_a = [k for k in states[0] if "lora_A" in k]
     assert lora_a and not any(torch.equal(states[0][k], states[1][k]) for k in lora_a)

@@ -12,8 +12,8 @@ from helpers import launch_2proc, run_until_done
 from safetensors.torch import load_file
 
 from llm_unlearn.config import ModelConfig
+from llm_unlearn.methods.saved import extrapolate_saved
 from llm_unlearn.models import LoraSettings, load_model, tiny_llama, wrap_lora
-from llm_unlearn.pipeline import extrapolate_saved
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "tests" / "scripts" / "sharded_export.py"

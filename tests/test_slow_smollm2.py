@@ -49,7 +49,7 @@ def test_smollm2_answer_nll_on_tofu_forget01(smollm2, tokenizer, tofu_dir):
 @pytest.fixture(scope="module")
 def finetuned(tmp_path_factory):
     """SmolLM2 + LoRA fine-tuned on the synthetic authors (forget + retain), merged: the target model."""
-    from llm_unlearn.pipeline import RunOptions, parse_config, run_finetune
+    from llm_unlearn.stages import RunOptions, parse_config, run_finetune
 
     out = tmp_path_factory.mktemp("target")
     config = {

@@ -143,7 +143,7 @@ class UnlearningTrainer(Trainer):
     needs_reference: ClassVar[bool] = False
     needs_retain: ClassVar[bool] = True
     needs_refusal: ClassVar[bool] = False
-    # What the pipeline, the model card and the benchmark read from each method (tests/test_method_metadata.py
+    # What the stages, the model card and the benchmark read from each method (tests/test_method_metadata.py
     # checks that every registered method sets them): its benchmark family ("ascent", "descent", "mox"; each has
     # its own learning-rate grid), the one-line card summary, the card's extra tags, the paper it follows
     # ({"title", "url"}, cited on the card) and its name in tables (default: the registry name).

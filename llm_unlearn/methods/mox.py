@@ -187,7 +187,7 @@ class MOXTrainer(UnlearningTrainer):
         if self.shards_parameters():
             raise ValueError(
                 "MOX cannot extrapolate sharded weights (FSDP / ZeRO-3) in place: save the gathered memorization "
-                "model with save_memorization(folder) and extrapolate it with llm_unlearn.pipeline.extrapolate_saved, "
+                "model with save_memorization(folder) and extrapolate it with llm_unlearn.methods.saved.extrapolate_saved, "
                 "as `llm-unlearn unlearn` does (export(run_dir, model_source) takes that route)"
             )
         model = self.accelerator.unwrap_model(self.model)

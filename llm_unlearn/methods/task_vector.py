@@ -55,7 +55,7 @@ class TaskVectorTrainer(UnlearningTrainer):
         if self.shards_parameters():
             raise ValueError(
                 "task_vector cannot negate sharded weights (FSDP / ZeRO-3) in place: save the gathered fine-tuned "
-                "model with save_model(folder) and extrapolate it with llm_unlearn.pipeline.extrapolate_saved, "
+                "model with save_model(folder) and extrapolate it with llm_unlearn.methods.saved.extrapolate_saved, "
                 "as `llm-unlearn unlearn` does (export(run_dir, model_source) takes that route)"
             )
         model = self.accelerator.unwrap_model(self.model)

@@ -1,0 +1,88 @@
+"""What a run trains and evaluates on, whatever the data: QA splits (synthetic authors, TOFU) or MUSE-layout
+text corpora, as the datasets each stage needs and as the summary (row counts, hashes) every run records."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from llm_unlearn.data import TEXT_DATASETS, DataConfig, QASplits, load_qa_splits, load_text_corpora, splits_fingerprint
+from llm_unlearn.data.collate import PairedDataset, PromptFormat, QADataset, TextDataset, refusal_records
+
+# The keys of a QA data source's metadata that a run records beside the split hashes.
+RECORDED_META = ("dataset", "source", "forget_split", "holdout", "holdout_rows", "files", "seed", "retain_authors")
+QA_SPLITS = ("forget", "retain", "target_train", "retain_train", "forget_eval", "retain_eval", "holdout")
+
+
+def eval_sets(splits: QASplits) -> dict[str, list[dict]]:
+    """The TOFU suite's sets of a QA data source (holdout only when it has one)."""
+    sets = {
+        "forget": splits.forget_eval,
+        "retain": splits.retain_eval,
+        "real_authors": splits.real_authors,
+        "world_facts": splits.world_facts,
+    }
+    if splits.holdout:
+        sets["holdout"] = splits.holdout
+    return sets
+
+
+@dataclass
+class TrainingData:
+    config: DataConfig
+    splits: QASplits | None = None
+    corpora: dict | None = None
+
+    @classmethod
+    def load(cls, config: DataConfig) -> TrainingData:
+        if config.dataset in TEXT_DATASETS:
+            return cls(config, corpora=load_text_corpora(config))
+        return cls(config, splits=load_qa_splits(config))
+
+    @property
+    def is_text(self) -> bool:
+        return self.corpora is not None
+
+    def _raw(self, *names: str) -> list[dict]:
+        rows = []
+        for name in names:
+            rows += [{**r, "index": len(rows) + i} for i, r in enumerate(self.corpora["raw"][name])]
+        return rows
+
+    def finetune_dataset(self, which: str, tokenizer, fmt: PromptFormat):
+        if self.is_text:
+            names = ("forget", "retain1", "retain2") if which == "target" else ("retain1", "retain2")
+            return TextDataset(self._raw(*names), tokenizer, fmt.max_length)
+        records = self.splits.target_train if which == "target" else self.splits.retain_train
+        return QADataset(records, tokenizer, fmt)
+
+    def paired_dataset(self, tokenizer, fmt: PromptFormat, seed: int) -> PairedDataset:
+        if self.is_text:
+            forget = TextDataset(self._raw("forget"), tokenizer, fmt.max_length)
+            retain = TextDataset(self._raw("retain1"), tokenizer, fmt.max_length)
+            return PairedDataset(forget, retain, None, seed=seed)
+        forget = QADataset(self.splits.forget, tokenizer, fmt)
+        retain = QADataset(self.splits.retain, tokenizer, fmt)
+        refusal = QADataset(refusal_records(self.splits.forget, seed), tokenizer, fmt)
+        return PairedDataset(forget, retain, refusal, seed=seed)
+
+    def eval_data(self) -> dict:
+        """The evaluation suite's input: MUSE corpora as they are, or the TOFU sets of the QA splits."""
+        return self.corpora if self.is_text else eval_sets(self.splits)
+
+    def summary(self) -> dict:
+        if self.is_text:
+            return {
+                "dataset": self.config.dataset,
+                "source": self.config.source,
+                "splits": {
+                    f"{subset}/{split}": {"rows": len(rows), "sha256": splits_fingerprint(rows)}
+                    for subset, parts in self.corpora.items()
+                    for split, rows in parts.items()
+                },
+            }
+        meta = {k: v for k, v in self.splits.meta.items() if k in RECORDED_META}
+        parts = {name: getattr(self.splits, name) for name in QA_SPLITS}
+        return {
+            **meta,
+            "splits": {name: {"rows": len(rows), "sha256": splits_fingerprint(rows)} for name, rows in parts.items()},
+        }
