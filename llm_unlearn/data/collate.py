@@ -74,10 +74,24 @@ def _uses_template(tokenizer, fmt: PromptFormat) -> bool:
     return fmt.use_chat_template and getattr(tokenizer, "chat_template", None) is not None
 
 
+def _render(tokenizer, messages: list[dict], fmt: PromptFormat, **options) -> str:
+    from jinja2 import TemplateError
+
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, **options)
+    except TemplateError as err:  # the template's own raise_exception (e.g. no system role)
+        if fmt.system_prompt is not None and "system" in str(err).lower():
+            raise ValueError(
+                "format.system_prompt: this model's chat template has no system role (Gemma, early Mistral); set "
+                "format.system_prompt to null, or put the instruction into the questions"
+            ) from None
+        raise ValueError(f"the tokenizer's chat template failed to render a question/answer pair: {err}") from None
+
+
 def prompt_text(tokenizer, question: str, fmt: PromptFormat) -> str:
     """The text the model sees before its answer (what generation starts from)."""
     if _uses_template(tokenizer, fmt):
-        return tokenizer.apply_chat_template(_messages(fmt, question), add_generation_prompt=True, tokenize=False)
+        return _render(tokenizer, _messages(fmt, question), fmt, add_generation_prompt=True)
     return f"Question: {question}\nAnswer:"
 
 
@@ -91,11 +105,40 @@ def leading_special_ids(tokenizer) -> list[int]:
     return []
 
 
+def _prefix_ids(tokenizer, text: str) -> list[int]:
+    """The tokenizer's own leading ids (a BOS) unless the text already starts with them: a plain prompt gets the
+    BOS a base model expects, and a chat template that writes `{{ bos_token }}` itself is not given a second."""
+    prefix = leading_special_ids(tokenizer)
+    written = tokenizer.decode(prefix) if prefix else ""
+    return [] if written and text.startswith(written) else prefix
+
+
 def encode_prompt(tokenizer, question: str, fmt: PromptFormat) -> list[int]:
     """Token ids of the prompt, as `encode_qa` starts them (so generation sees what scoring sees)."""
-    # A chat template writes its own BOS into the text; the plain-text prompt gets the tokenizer's.
-    prefix = [] if _uses_template(tokenizer, fmt) else leading_special_ids(tokenizer)
-    return prefix + tokenizer(prompt_text(tokenizer, question, fmt), add_special_tokens=False)["input_ids"]
+    text = prompt_text(tokenizer, question, fmt)
+    return _prefix_ids(tokenizer, text) + tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _special_ids(tokenizer) -> set[int]:
+    ids = set(tokenizer.all_special_ids)
+    ids.update(i for i, token in tokenizer.added_tokens_decoder.items() if token.special)
+    return ids
+
+
+def _end_of_turn_index(tokenizer, ids: list[int], offsets: list[tuple[int, int]], full: str, answer_end: int) -> int:
+    """The token that closes the answer's turn: the first special token after the answer (<|im_end|>, <|eot_id|>,
+    <end_of_turn>, <|end|>, </s>). Only whitespace may come between (Llama-2 writes ' </s>'); that text is not
+    labelled, so the labels decode to exactly the answer plus its end token."""
+    special = _special_ids(tokenizer)
+    for i, (start, _) in enumerate(offsets):
+        if start >= answer_end and ids[i] in special:
+            if full[answer_end:start].strip():
+                raise ValueError(
+                    f"the chat template writes {full[answer_end:start]!r} between the answer and its end-of-turn "
+                    "token; only whitespace may come between (use format.use_chat_template: false for this model)"
+                )
+            return i
+    raise ValueError("the chat template put no end-of-turn token after the answer")
 
 
 def encode_qa(tokenizer, question: str, answer: str, fmt: PromptFormat) -> dict:
@@ -109,32 +152,34 @@ def encode_qa(tokenizer, question: str, answer: str, fmt: PromptFormat) -> dict:
     eos = tokenizer.eos_token_id
     templated = _uses_template(tokenizer, fmt)
     if templated:
-        full = tokenizer.apply_chat_template(_messages(fmt, question, answer), tokenize=False)
+        full = _render(tokenizer, _messages(fmt, question, answer), fmt)
         if not full.startswith(prompt):
             raise ValueError("the chat template renders the prompt differently with and without the answer")
         answer_start = len(prompt)
-        answer_end = full.index(answer, answer_start) + len(answer) if answer else answer_start
-        prefix = []
+        try:
+            answer_end = full.index(answer, answer_start) + len(answer) if answer else answer_start
+        except ValueError:
+            raise ValueError(
+                f"the chat template changed the answer {answer[:40]!r} (templates that strip whitespace need "
+                "answers without leading or trailing spaces)"
+            ) from None
     else:
         full = f"{prompt} {answer}"
         answer_start, answer_end = len(prompt) + 1, len(full)
-        prefix = leading_special_ids(tokenizer)  # what tokenizer(text) would add: a base model's BOS
+    prefix = _prefix_ids(tokenizer, full)  # what tokenizer(text) would add: a base model's BOS
     enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
     ids = prefix + list(enc["input_ids"])
     offsets = [(0, 0)] * len(prefix) + list(enc["offset_mapping"])
-    # The prefix's (0, 0) offsets never overlap the answer: it starts after "Answer:".
+    # The prefix's (0, 0) offsets never overlap the answer: it starts after the prompt.
     is_answer = [start < answer_end and end > answer_start for start, end in offsets]
     labelled = list(is_answer)
     if templated:
-        # The first token that ends after the answer is the end-of-turn token (<|im_end|> for ChatML).
-        after = [i for i, (start, _) in enumerate(offsets) if start >= answer_end]
-        if not after:
-            raise ValueError("the chat template put no end-of-turn token after the answer")
-        labelled[after[0]] = True
+        end_of_turn = _end_of_turn_index(tokenizer, ids, offsets, full, answer_end)
+        labelled[end_of_turn] = True
         if fmt.label_mode == "open_unlearning":
             # open-unlearning labels everything after the answer, and appends eos unless the text ends with it.
-            for i in after:
-                labelled[i] = True
+            for i, (start, _) in enumerate(offsets):
+                labelled[i] = labelled[i] or start >= answer_end
     if (not templated or fmt.label_mode == "open_unlearning") and ids[-1] != eos:
         ids.append(eos)
         labelled.append(True)
