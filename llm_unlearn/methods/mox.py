@@ -22,7 +22,7 @@ from transformers import TrainerCallback
 from .. import extrapolate as xp
 from ..models import is_peft_model
 from .base import UnlearnConfig, UnlearningTrainer, check_choice
-from .npo import npo_loss
+from .losses import npo_loss
 from .saved import export_name, extrapolate_saved
 
 logger = logging.getLogger(__name__)
