@@ -316,7 +316,7 @@ class ExplicitSurgeryTrainer(UnlearningTrainer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        refuse_sharded_gradients(self, self.tags[0])
+        refuse_sharded_gradients(self, self.tags[0])  # the tag is the method's registry name
         self._grad_buffers: dict[str, torch.Tensor] = {}
 
     def surgery_direction(self, g_f: torch.Tensor, g_r: torch.Tensor, dot: float) -> torch.Tensor:
