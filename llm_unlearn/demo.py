@@ -37,6 +37,19 @@ def _stage(title: str) -> None:
     print(f"\n[demo] === {title} ===", flush=True)
 
 
+def _evaluation_run(trained: Path, data: dict, options: dict, reference_log: Path | None = None) -> dict:
+    """Evaluate the model a fine-tune saved under trained/model into trained/eval (scored against
+    `reference_log`, the retain model's per-sample log, when given)."""
+    evaluation = {"model_path": str(trained / "model"), "output_dir": str(trained / "eval")}
+    if reference_log is not None:
+        evaluation["reference_log"] = str(reference_log)
+    return {
+        "model": {"name_or_path": str(trained / "model")},
+        "data": data,
+        "evaluation": {**evaluation, "options": options},
+    }
+
+
 def demo_configs(root: Path, quick: bool = False) -> dict[str, dict]:
     data = QUICK_DATA if quick else DATA
     epochs = 1 if quick else 6
@@ -58,15 +71,8 @@ def demo_configs(root: Path, quick: bool = False) -> dict[str, dict]:
                 "logging_steps": 2,
             },
         }
-    configs["evaluate_retain"] = {
-        "model": {"name_or_path": str(root / "retain" / "model")},
-        "data": data,
-        "evaluation": {
-            "model_path": str(root / "retain" / "model"),
-            "output_dir": str(root / "retain" / "eval"),
-            "options": eval_options,
-        },
-    }
+    reference_log = root / "retain" / "eval" / "per_sample.json"
+    configs["evaluate_retain"] = _evaluation_run(root / "retain", data, eval_options)
     for method, settings in METHOD_RUNS.items():
         configs[method] = {
             "model": {"name_or_path": str(root / "target" / "model"), "lora": LORA},
@@ -81,20 +87,11 @@ def demo_configs(root: Path, quick: bool = False) -> dict[str, dict]:
                 **settings,
             },
             "evaluation": {
-                "reference_log": str(root / "retain" / "eval" / "per_sample.json"),
+                "reference_log": str(reference_log),
                 "options": eval_options,
             },
         }
-    configs["evaluate_target"] = {
-        "model": {"name_or_path": str(root / "target" / "model")},
-        "data": data,
-        "evaluation": {
-            "model_path": str(root / "target" / "model"),
-            "output_dir": str(root / "target" / "eval"),
-            "reference_log": str(root / "retain" / "eval" / "per_sample.json"),
-            "options": eval_options,
-        },
-    }
+    configs["evaluate_target"] = _evaluation_run(root / "target", data, eval_options, reference_log)
     return configs
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from llm_unlearn.data.io import DataError
 from llm_unlearn.data.muse import MUSE_LAYOUT, load_muse, load_muse_split, write_muse_folder
-from llm_unlearn.data.synthetic import make_news
+from llm_unlearn.data.synthetic_news import make_news
 
 
 def _write_mixed_formats(root):

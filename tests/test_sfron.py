@@ -9,18 +9,15 @@ from helpers import make_trainer, paired
 from torch import nn
 
 from llm_unlearn.data.collate import PaddingCollator, PairedCollator
-from llm_unlearn.methods.sfron import (
+from llm_unlearn.methods.saliency import (
     FisherDifference,
-    SaliencyCheckpointCallback,
     SaliencyMask,
-    adaptive_weights,
     apply_saliency_mask,
-    clip_grads_,
     compute_saliency,
-    forget_schedule,
     lora_modules,
     lora_pair,
 )
+from llm_unlearn.methods.sfron import SaliencyCheckpointCallback, adaptive_weights, clip_grads_, forget_schedule
 from llm_unlearn.models import LoraSettings, tiny_llama, wrap_lora
 
 

@@ -8,7 +8,8 @@ import torch
 from helpers import make_trainer, paired
 
 from llm_unlearn.data.collate import PairedCollator
-from llm_unlearn.methods.sfron import SaliencyMask, adaptive_weights
+from llm_unlearn.methods.saliency import SaliencyMask
+from llm_unlearn.methods.sfron import adaptive_weights
 from llm_unlearn.models import tiny_llama
 
 

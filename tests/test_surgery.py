@@ -13,13 +13,12 @@ from transformers import TrainerCallback
 
 from llm_unlearn.data.collate import PairedCollator
 from llm_unlearn.methods import METHODS, get_method
+from llm_unlearn.methods.gradients import refuse_sharded_gradients, trainable_parameters
 from llm_unlearn.methods.surgery import (
     DualAscentCallback,
     bounded_forget_loss,
     dual_update,
     pcgrad_direction,
-    refuse_sharded_gradients,
-    trainable_parameters,
     unilateral_direction,
 )
 from llm_unlearn.models import LoraSettings, tiny_llama, wrap_lora

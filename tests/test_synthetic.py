@@ -7,13 +7,9 @@ import pytest
 
 from llm_unlearn.data import DataConfig, load_qa_splits
 from llm_unlearn.data.io import DataError
-from llm_unlearn.data.synthetic import (
-    MAX_QA_PER_AUTHOR,
-    make_authors,
-    make_news,
-    make_utility_sets,
-    synthetic_splits,
-)
+from llm_unlearn.data.synthetic import MAX_QA_PER_AUTHOR, make_authors, synthetic_splits
+from llm_unlearn.data.synthetic_news import make_news
+from llm_unlearn.data.utility_sets import make_utility_sets
 
 
 def test_authors_are_deterministic_per_seed():

@@ -136,7 +136,7 @@ def load_text_corpora(config: DataConfig) -> dict[str, dict[str, list[dict]]]:
 
         return load_muse(config.source or MUSE_NEWS_HUB_ID)
     if config.dataset == "synthetic_news":
-        from llm_unlearn.data.synthetic import make_news
+        from llm_unlearn.data.synthetic_news import make_news
 
         n = config.news_articles
         return make_news(n_forget=n, n_retain=2 * n, n_holdout=n, seed=config.seed)

@@ -1,8 +1,10 @@
-"""Answer-token log-probabilities, per-sample NLL and the retain KL that every method's loss is built from."""
+"""Answer-token log-probabilities, per-sample NLL, the retain KL and the NPO term that the methods' losses are
+built from."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from ..data.collate import IGNORE_INDEX
 
@@ -41,3 +43,8 @@ def token_kl(ref_logits: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor)
 
 def forward_logits(model, batch: dict) -> torch.Tensor:
     return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+
+def npo_loss(logp: torch.Tensor, ref_logp: torch.Tensor, beta: float) -> torch.Tensor:
+    """−(2/β)·mean log σ(−β·(logp_θ − logp_ref)); minimizing it lowers the forget likelihood below θ_ref."""
+    return -(2.0 / beta) * F.logsigmoid(-beta * (logp - ref_logp)).mean()

@@ -22,8 +22,8 @@ from transformers import TrainerCallback
 from .. import extrapolate as xp
 from ..models import is_peft_model
 from .base import UnlearnConfig, UnlearningTrainer, check_choice
-from .npo import npo_loss
-from .saved import export_name, extrapolate_saved
+from .losses import npo_loss
+from .saved import export_name, extrapolate_saved, live_extrapolation
 
 logger = logging.getLogger(__name__)
 
@@ -183,14 +183,9 @@ class MOXTrainer(UnlearningTrainer):
 
     def export_unlearned(self, output_dir: str, alpha: float | None = None) -> dict:
         """Write θ_for for `alpha` (default: args.alpha); the momentum model when momentum is on."""
-        alpha = xp.check_alpha(self.args.alpha if alpha is None else alpha)
-        if self.shards_parameters():
-            raise ValueError(
-                "MOX cannot extrapolate sharded weights (FSDP / ZeRO-3) in place: save the gathered memorization "
-                "model with save_memorization(folder) and extrapolate it with llm_unlearn.methods.saved.extrapolate_saved, "
-                "as `llm-unlearn unlearn` does (export(run_dir, model_source) takes that route)"
-            )
-        model = self.accelerator.unwrap_model(self.model)
+        alpha, model = live_extrapolation(
+            self, alpha, "MOX cannot extrapolate", "memorization model with save_memorization(folder)"
+        )
         info: dict = {"alpha": alpha, "momentum": bool(self.momentum)}
         if not self.accelerator.is_main_process:
             return info

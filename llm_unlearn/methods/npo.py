@@ -8,11 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import RetainLossField, RetainWeightField, UnlearnConfig, UnlearningTrainer
-
-
-def npo_loss(logp: torch.Tensor, ref_logp: torch.Tensor, beta: float) -> torch.Tensor:
-    """−(2/β)·mean log σ(−β·(logp_θ − logp_ref)); minimizing it lowers the forget likelihood below θ_ref."""
-    return -(2.0 / beta) * F.logsigmoid(-beta * (logp - ref_logp)).mean()
+from .losses import npo_loss
 
 
 def simnpo_loss(mean_nll: torch.Tensor, beta: float, gamma: float) -> torch.Tensor:
@@ -20,18 +16,18 @@ def simnpo_loss(mean_nll: torch.Tensor, beta: float, gamma: float) -> torch.Tens
     return -(2.0 / beta) * F.logsigmoid(beta * mean_nll - gamma).mean()
 
 
-def _validate(config) -> None:
-    if config.beta <= 0:
-        raise ValueError(f"beta must be > 0, not {config.beta}")
-
-
-@dataclass
-class NPOConfig(RetainWeightField, RetainLossField, UnlearnConfig):
-    beta: float = field(default=0.1, metadata={"help": "NPO inverse temperature β."})
+class PositiveBetaCheck:
+    """Refuses β ≤ 0 (both losses divide by it); listed first in the bases of a config that declares `beta`."""
 
     def __post_init__(self):
         super().__post_init__()
-        _validate(self)
+        if self.beta <= 0:
+            raise ValueError(f"beta must be > 0, not {self.beta}")
+
+
+@dataclass
+class NPOConfig(PositiveBetaCheck, RetainWeightField, RetainLossField, UnlearnConfig):
+    beta: float = field(default=0.1, metadata={"help": "NPO inverse temperature β."})
 
 
 class NPOTrainer(UnlearningTrainer):
@@ -56,13 +52,9 @@ class NPOTrainer(UnlearningTrainer):
 
 
 @dataclass
-class SimNPOConfig(RetainWeightField, RetainLossField, UnlearnConfig):
+class SimNPOConfig(PositiveBetaCheck, RetainWeightField, RetainLossField, UnlearnConfig):
     beta: float = field(default=2.5, metadata={"help": "SimNPO β (length-normalized; choice: 2.5)."})
     gamma: float = field(default=0.0, metadata={"help": "SimNPO reward margin γ."})
-
-    def __post_init__(self):
-        super().__post_init__()
-        _validate(self)
 
 
 class SimNPOTrainer(UnlearningTrainer):

@@ -18,6 +18,20 @@ def export_name(index: int, alpha: float) -> str:
     return "unlearned" if index == 0 else f"alpha_{alpha:g}"
 
 
+def live_extrapolation(trainer, alpha: float | None, cannot: str, gathered: str):
+    """(α checked, default args.alpha; the unwrapped trained model) for an export that extrapolates in place.
+    Sharded weights (FSDP / ZeRO-3) are refused, pointing at the gathered route: `cannot` names the method and
+    what it does, `gathered` the model to save and how."""
+    alpha = xp.check_alpha(trainer.args.alpha if alpha is None else alpha)
+    if trainer.shards_parameters():
+        raise ValueError(
+            f"{cannot} sharded weights (FSDP / ZeRO-3) in place: save the gathered {gathered} and extrapolate it "
+            "with llm_unlearn.methods.saved.extrapolate_saved, as `llm-unlearn unlearn` does (export(run_dir, "
+            "model_source) takes that route)"
+        )
+    return alpha, trainer.accelerator.unwrap_model(trainer.model)
+
+
 def extrapolate_saved(
     model_cfg: ModelConfig, memorization: str, alphas: list[float], run_dir: Path, tokenizer, merged: bool = False
 ) -> dict:

@@ -25,18 +25,17 @@ the step one process takes with batch N·b. The Trainer's `max_grad_norm` clip t
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
 
 import torch
-from accelerate.utils import DistributedType
 from transformers import TrainerCallback
 
 from ..utils import atomic_write_json
 from .base import RetainLossField, UnlearnConfig, UnlearningTrainer, check_choice
-from .npo import npo_loss
+from .gradients import all_reduce_mean, move_grads_into, refuse_sharded_gradients, trainable_parameters, write_grads
+from .losses import npo_loss
 
 BoundedForgetLoss = Literal["npo", "ga_clipped"]
 BOUNDED_FORGET_LOSSES: tuple[str, ...] = get_args(BoundedForgetLoss)
@@ -98,60 +97,6 @@ def bounded_forget_loss(trainer: UnlearningTrainer, model, batch: dict) -> tuple
         return loss, {"forget_npo": loss.detach(), "forget_nll": nll.mean().detach()}
     loss = clipped_ga_loss(nll, args.ga_nll_ceiling)
     return loss, {"forget_ga_clipped": loss.detach(), "forget_nll": nll.mean().detach()}
-
-
-def trainable_parameters(model) -> list[torch.nn.Parameter]:
-    return [p for p in model.parameters() if p.requires_grad]
-
-
-def move_grads_into(flat: torch.Tensor, params: Sequence[torch.nn.Parameter]) -> None:
-    """flat += concat(p.grad), then clear each p.grad (a missing gradient counts as zero)."""
-    offset = 0
-    for p in params:
-        n = p.numel()
-        if p.grad is not None:
-            flat[offset : offset + n].add_(p.grad.reshape(-1).to(flat.dtype))
-            p.grad = None
-        offset += n
-
-
-def write_grads(flat: torch.Tensor, params: Sequence[torch.nn.Parameter]) -> None:
-    """Set each p.grad to its slice of `flat` (a copy in the parameter's dtype)."""
-    offset = 0
-    for p in params:
-        n = p.numel()
-        p.grad = flat[offset : offset + n].view_as(p).to(p.dtype, copy=True)
-        offset += n
-
-
-def all_reduce_mean(tensor: torch.Tensor, num_processes: int) -> torch.Tensor:
-    """Average a tensor over processes in place (what DDP does to gradients); a no-op on one process."""
-    if num_processes > 1:
-        torch.distributed.all_reduce(tensor)
-        tensor.div_(num_processes)
-    return tensor
-
-
-def refuse_sharded_gradients(trainer: UnlearningTrainer, method: str) -> None:
-    """Methods that take inner products of per-loss gradients need each full gradient on every process."""
-    kind = trainer.accelerator.distributed_type
-    if trainer.shards_parameters():  # also torch's `fully_shard` applied to the model, which accelerate never sees
-        kind = DistributedType.FSDP
-    if (
-        trainer.is_fsdp_enabled
-        or trainer.is_deepspeed_enabled
-        or kind in (DistributedType.FSDP, DistributedType.DEEPSPEED)
-    ):
-        raise ValueError(
-            f"{method} needs the full gradient of each loss separately on every process to take their inner "
-            f"products, but under {kind} the gradients are sharded (FSDP, DeepSpeed ZeRO-2/3) or reduced inside the "
-            "engine's own backward (DeepSpeed). Run it on one device or with DDP (with LoRA the per-loss gradients "
-            "are small), or use `eupmu`, which needs one ordinary backward per step."
-        )
-    if trainer.args.fp16:
-        raise ValueError(
-            f"{method} writes its own gradients and cannot use fp16 loss scaling: use bf16=True or fp32 instead"
-        )
 
 
 @dataclass
@@ -365,6 +310,32 @@ def record_gradient_geometry(trainer: UnlearningTrainer, g_f: torch.Tensor, g_r:
     return dot
 
 
+class ExplicitSurgeryTrainer(UnlearningTrainer):
+    """Two backwards per micro-batch (forget, retain); at the end of each accumulation window the direction that
+    `surgery_direction` makes of the mean gradients is written into `.grad`."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        refuse_sharded_gradients(self, self.tags[0])  # the tag is the method's registry name
+        self._grad_buffers: dict[str, torch.Tensor] = {}
+
+    def surgery_direction(self, g_f: torch.Tensor, g_r: torch.Tensor, dot: float) -> torch.Tensor:
+        """The update direction from the flat gradients and ⟨g_f, g_r⟩; records the method's own terms."""
+        raise NotImplementedError
+
+    def reported_loss(self, forget: torch.Tensor, retain: torch.Tensor) -> torch.Tensor:
+        """The training loss the Trainer logs for this micro-batch (before dividing by the accumulation steps)."""
+        raise NotImplementedError
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        forget, retain, g_f, g_r = per_loss_gradients(self, model, inputs, self._grad_buffers)
+        if g_f is not None:
+            dot = record_gradient_geometry(self, g_f, g_r)
+            direction = self.surgery_direction(g_f, g_r, dot)
+            write_grads(direction, trainable_parameters(self.accelerator.unwrap_model(model)))
+        return self.reported_loss(forget, retain) / self.current_gradient_accumulation_steps
+
+
 @dataclass
 class UnGradConfig(RetainLossField, BoundedForgetFields, UnlearnConfig):
     """Explicit unilateral surgery: d = g_f + λ*·g_r, the closest direction to g_f that keeps ℓ_r's rise ≤ ε."""
@@ -375,9 +346,7 @@ class UnGradConfig(RetainLossField, BoundedForgetFields, UnlearnConfig):
     )
 
 
-class UnGradTrainer(UnlearningTrainer):
-    """Two backwards per micro-batch (forget, retain); the surgery direction is written into `.grad`."""
-
+class UnGradTrainer(ExplicitSurgeryTrainer):
     family = "ascent"
     summary = (
         "Unilateral gradient surgery: the closest update to the forget gradient whose first-order retain-loss "
@@ -385,20 +354,14 @@ class UnGradTrainer(UnlearningTrainer):
     )
     tags = ("ungrad",)
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        refuse_sharded_gradients(self, "ungrad")
-        self._grad_buffers: dict[str, torch.Tensor] = {}
+    def surgery_direction(self, g_f, g_r, dot):
+        direction, lam = unilateral_direction(g_f, g_r, self.args.retain_tolerance)
+        self.record(ungrad_lambda=lam)
+        return direction
 
-    def training_step(self, model, inputs, num_items_in_batch=None):
-        forget, retain, g_f, g_r = per_loss_gradients(self, model, inputs, self._grad_buffers)
-        if g_f is not None:
-            record_gradient_geometry(self, g_f, g_r)
-            direction, lam = unilateral_direction(g_f, g_r, self.args.retain_tolerance)
-            write_grads(direction, trainable_parameters(self.accelerator.unwrap_model(model)))
-            self.record(ungrad_lambda=lam)
-        # Reported training loss: the forget objective (the retain loss is a constraint, logged on its own).
-        return forget / self.current_gradient_accumulation_steps
+    def reported_loss(self, forget, retain):
+        # The forget objective: the retain loss is a constraint, logged on its own.
+        return forget
 
 
 @dataclass
@@ -406,22 +369,14 @@ class PCGradConfig(RetainLossField, BoundedForgetFields, UnlearnConfig):
     """PCGrad on (ℓ_f, ℓ_r): on conflict, each gradient loses its component along the other; then they are summed."""
 
 
-class PCGradTrainer(UnlearningTrainer):
-    """Two backwards per micro-batch (forget, retain); the PCGrad direction is written into `.grad`."""
-
+class PCGradTrainer(ExplicitSurgeryTrainer):
     family = "ascent"
     summary = "PCGrad: projects conflicting forget and retain gradients onto each other's normal plane and sums them."
     tags = ("pcgrad",)
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        refuse_sharded_gradients(self, "pcgrad")
-        self._grad_buffers: dict[str, torch.Tensor] = {}
+    def surgery_direction(self, g_f, g_r, dot):
+        self.record(pcgrad_conflict=float(dot < 0))
+        return pcgrad_direction(g_f, g_r)
 
-    def training_step(self, model, inputs, num_items_in_batch=None):
-        forget, retain, g_f, g_r = per_loss_gradients(self, model, inputs, self._grad_buffers)
-        if g_f is not None:
-            dot = record_gradient_geometry(self, g_f, g_r)
-            write_grads(pcgrad_direction(g_f, g_r), trainable_parameters(self.accelerator.unwrap_model(model)))
-            self.record(pcgrad_conflict=float(dot < 0))
-        return (forget + retain) / self.current_gradient_accumulation_steps
+    def reported_loss(self, forget, retain):
+        return forget + retain

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from .. import extrapolate as xp
 from ..models import is_peft_model
 from .base import UnlearnConfig, UnlearningTrainer
-from .saved import extrapolate_saved
+from .saved import extrapolate_saved, live_extrapolation
 
 
 @dataclass
@@ -51,14 +51,9 @@ class TaskVectorTrainer(UnlearningTrainer):
         return extrapolate_saved(model_source, trained, [args.alpha], run_dir, tokenizer)
 
     def export_unlearned(self, output_dir: str, alpha: float | None = None) -> dict:
-        alpha = xp.check_alpha(self.args.alpha if alpha is None else alpha)
-        if self.shards_parameters():
-            raise ValueError(
-                "task_vector cannot negate sharded weights (FSDP / ZeRO-3) in place: save the gathered fine-tuned "
-                "model with save_model(folder) and extrapolate it with llm_unlearn.methods.saved.extrapolate_saved, "
-                "as `llm-unlearn unlearn` does (export(run_dir, model_source) takes that route)"
-            )
-        model = self.accelerator.unwrap_model(self.model)
+        alpha, model = live_extrapolation(
+            self, alpha, "task_vector cannot negate", "fine-tuned model with save_model(folder)"
+        )
         if not self.accelerator.is_main_process:
             return {"alpha": alpha}
         if is_peft_model(model):
