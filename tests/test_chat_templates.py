@@ -98,3 +98,28 @@ def test_text_other_than_whitespace_after_the_answer_is_an_error(tokenizer):
     tok.chat_template = tok.chat_template.replace("<|eot_id|>{% endfor %}", " [done]<|eot_id|>{% endfor %}")
     with pytest.raises(ValueError, match="between the answer and its end-of-turn token"):
         encode_qa(tok, QUESTION, ANSWER, PromptFormat())
+
+
+def test_mox_ga_and_evaluation_run_on_a_llama3_template_model(tokenizer, tmp_path):
+    import json
+
+    from llm_unlearn import stages
+    from llm_unlearn.models import tiny_llama
+    from reliability_setup import run_config
+
+    tok = family_tokenizer(tokenizer, BY_NAME["llama3"])
+    model_dir = tmp_path / "llama3-tiny"
+    tiny_llama(len(tok), seed=0).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    from llm_unlearn.models import load_tokenizer
+
+    assert load_tokenizer(str(model_dir)).chat_template == BY_NAME["llama3"].template  # the run sees this format
+    for method in ("mox", "ga"):
+        config = run_config(model_dir, tmp_path / method, method)
+        stages.run_unlearn(stages.parse_config(config), stages.RunOptions())
+        config["evaluation"]["model_path"] = str(tmp_path / method / "unlearned")
+        out = stages.run_evaluate(stages.parse_config(config), stages.RunOptions())
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["metrics"]["forget_prob"] is not None and summary["metrics"]["model_utility"] is not None
+        run_info = json.loads((tmp_path / method / "run_info.json").read_text())
+        assert run_info["method"] == method
