@@ -103,9 +103,10 @@ def test_text_other_than_whitespace_after_the_answer_is_an_error(tokenizer):
 def test_mox_ga_and_evaluation_run_on_a_llama3_template_model(tokenizer, tmp_path):
     import json
 
+    from reliability_setup import run_config
+
     from llm_unlearn import stages
     from llm_unlearn.models import tiny_llama
-    from reliability_setup import run_config
 
     tok = family_tokenizer(tokenizer, BY_NAME["llama3"])
     model_dir = tmp_path / "llama3-tiny"

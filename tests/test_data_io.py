@@ -127,11 +127,13 @@ def test_fingerprint_is_sha256_of_canonical_json():
     assert splits_fingerprint([{"a": 1}, {"a": 2}]) != splits_fingerprint([{"a": 2}, {"a": 1}])
 
 
-def test_data_config_from_dict_rejects_unknown_keys():
-    config = DataConfig.from_dict({"dataset": "tofu", "forget_split": "forget05", "retain_authors": 3})
+def test_data_section_is_parsed_by_the_one_config_path_and_rejects_unknown_keys():
+    from llm_unlearn.config import ConfigError, build_dataclass
+
+    config = build_dataclass(DataConfig, {"dataset": "tofu", "forget_split": "forget05", "retain_authors": 3}, "data")
     assert (config.dataset, config.forget_split, config.retain_authors) == ("tofu", "forget05", 3)
-    with pytest.raises(DataError, match=r"unknown data option\(s\) forget_spilt; valid options: .*forget_split"):
-        DataConfig.from_dict({"forget_spilt": "forget05"})
+    with pytest.raises(ConfigError, match=r"forget_spilt.*forget_split"):
+        build_dataclass(DataConfig, {"forget_spilt": "forget05"}, "data")
 
 
 @pytest.mark.parametrize(

@@ -85,7 +85,10 @@ class RunSpec:
 
     @property
     def suite_name(self) -> str:
-        """The suite the data calls for: MUSE-layout text corpora -> muse, question/answer sets -> tofu."""
+        """The suite the data calls for: MUSE-layout text corpora -> muse, your own sets -> custom, the TOFU-style
+        question/answer sets (TOFU, synthetic authors) -> tofu."""
+        if self.data.dataset == "custom":
+            return "custom"
         return "muse" if self.data.dataset in TEXT_DATASETS else "tofu"
 
     def eval_options(self):

@@ -1,5 +1,6 @@
-"""What a run trains and evaluates on, whatever the data: QA splits (synthetic authors, TOFU) or MUSE-layout
-text corpora, as the datasets each stage needs and as the summary (row counts, hashes) every run records."""
+"""What a run trains and evaluates on, whatever the data: QA splits (synthetic authors, TOFU), MUSE-layout text
+corpora, or your own sets (data.dataset: custom), as the datasets each stage needs and as the summary (row counts,
+hashes; never the content) every run records."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from dataclasses import dataclass
 
 from llm_unlearn.data import TEXT_DATASETS, DataConfig, QASplits, load_qa_splits, load_text_corpora, splits_fingerprint
 from llm_unlearn.data.collate import PairedDataset, PromptFormat, QADataset, TextDataset, refusal_records
+from llm_unlearn.data.custom import CustomData, load_custom
 
 # The keys of a QA data source's metadata that a run records beside the split hashes.
 RECORDED_META = ("dataset", "source", "forget_split", "holdout", "holdout_rows", "files", "seed", "retain_authors")
@@ -31,16 +33,26 @@ class TrainingData:
     config: DataConfig
     splits: QASplits | None = None
     corpora: dict | None = None
+    custom: CustomData | None = None
 
     @classmethod
     def load(cls, config: DataConfig) -> TrainingData:
+        if config.dataset == "custom":
+            sets = {"forget": config.forget, "retain": config.retain, "holdout": config.holdout}
+            return cls(config, custom=load_custom(sets))
         if config.dataset in TEXT_DATASETS:
             return cls(config, corpora=load_text_corpora(config))
         return cls(config, splits=load_qa_splits(config))
 
     @property
     def is_text(self) -> bool:
-        return self.corpora is not None
+        return self.corpora is not None or (self.custom is not None and self.custom.kind == "text")
+
+    def _custom_dataset(self, rows: list[dict], tokenizer, fmt: PromptFormat):
+        rows = [{**row, "index": i} for i, row in enumerate(rows)]
+        if self.custom.kind == "text":
+            return TextDataset(rows, tokenizer, fmt.max_length)
+        return QADataset(rows, tokenizer, fmt)
 
     def _raw(self, *names: str) -> list[dict]:
         rows = []
@@ -49,6 +61,9 @@ class TrainingData:
         return rows
 
     def finetune_dataset(self, which: str, tokenizer, fmt: PromptFormat):
+        if self.custom is not None:
+            rows = self.custom.forget + self.custom.retain if which == "target" else self.custom.retain
+            return self._custom_dataset(rows, tokenizer, fmt)
         if self.is_text:
             names = ("forget", "retain1", "retain2") if which == "target" else ("retain1", "retain2")
             return TextDataset(self._raw(*names), tokenizer, fmt.max_length)
@@ -56,6 +71,13 @@ class TrainingData:
         return QADataset(records, tokenizer, fmt)
 
     def paired_dataset(self, tokenizer, fmt: PromptFormat, seed: int) -> PairedDataset:
+        if self.custom is not None:
+            forget = self._custom_dataset(self.custom.forget, tokenizer, fmt)
+            retain = self._custom_dataset(self.custom.retain, tokenizer, fmt)
+            refusal = None
+            if self.custom.kind == "qa":
+                refusal = QADataset(refusal_records(self.custom.forget, seed), tokenizer, fmt)
+            return PairedDataset(forget, retain, refusal, seed=seed)
         if self.is_text:
             forget = TextDataset(self._raw("forget"), tokenizer, fmt.max_length)
             retain = TextDataset(self._raw("retain1"), tokenizer, fmt.max_length)
@@ -66,11 +88,24 @@ class TrainingData:
         return PairedDataset(forget, retain, refusal, seed=seed)
 
     def eval_data(self) -> dict:
-        """The evaluation suite's input: MUSE corpora as they are, or the TOFU sets of the QA splits."""
-        return self.corpora if self.is_text else eval_sets(self.splits)
+        """The evaluation suite's input: MUSE corpora as they are, the TOFU sets of the QA splits, or your sets."""
+        if self.custom is not None:
+            sets = {"forget": self.custom.forget, "retain": self.custom.retain, "holdout": self.custom.holdout}
+            return {"kind": self.custom.kind, "sets": {name: rows for name, rows in sets.items() if rows}}
+        return self.corpora if self.corpora is not None else eval_sets(self.splits)
 
     def summary(self) -> dict:
-        if self.is_text:
+        if self.custom is not None:
+            sets = {"forget": self.custom.forget, "retain": self.custom.retain, "holdout": self.custom.holdout}
+            return {
+                "dataset": "custom",
+                "kind": self.custom.kind,
+                "sources": self.custom.sources,
+                "splits": {
+                    name: {"rows": len(rows), "sha256": splits_fingerprint(rows)} for name, rows in sets.items() if rows
+                },
+            }
+        if self.corpora is not None:
             return {
                 "dataset": self.config.dataset,
                 "source": self.config.source,
