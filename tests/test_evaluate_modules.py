@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import zlib
 from itertools import product
+from pathlib import Path
 
 import pytest
 
@@ -44,7 +45,7 @@ def pair_auc(forget: list[float], holdout: list[float]) -> float:
 
 def test_every_module_folder_holds_a_script_of_its_name():
     for name in MODULES:
-        assert (evaluate_modules.Path(module_path(name)) / f"{name}.py").is_file()
+        assert (Path(module_path(name)) / f"{name}.py").is_file()
 
 
 def test_unknown_module_name_lists_the_modules():

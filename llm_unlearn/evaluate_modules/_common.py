@@ -1,5 +1,5 @@
 """What the metric scripts share: input checks that fail in one line before anything is computed, the info
-builder, the membership split and the citations.
+builder, the membership split, the citations, and the body of the two metrics of argmax-correct flags.
 
 `evaluate` turns a wrong input into a multi-line pyarrow message after it has started writing its cache, and a
 missing one into an obscure error; `CheckedInputs` checks names, options, row counts and types first. It is a
