@@ -14,6 +14,9 @@ Inputs, relative to the run folder:
   that evaluation's run_info.json names this folder): ``{"suite": "tofu" | "muse", "metrics": {name: float | null}, "options": {...}}``
 * ``adapter_config.json`` marks a PEFT adapter folder; otherwise the folder holds full weights.
 
+The front matter is huggingface_hub's ModelCardData (base model, license, library, tags, pipeline tag), with each
+finite summary metric as an EvalResult, so the card's ``model-index`` lists them and the Hub shows them.
+
 `write_model_card` writes the card to ``README.md`` atomically (temp file + os.replace).
 """
 
@@ -26,6 +29,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from llm_unlearn.data.tofu import TOFU_HUB_ID
 from llm_unlearn.models import SMOLLM2_GGUF, SMOLLM2_NAME, SMOLLM2_WHEEL, SMOLLM2_WHEEL_VERSION
 from llm_unlearn.utils import atomic_write_text
 
@@ -33,6 +39,7 @@ RUN_INFO = "run_info.json"
 EVAL_SUMMARY = "eval/summary.json"
 ADAPTER_CONFIG = "adapter_config.json"
 CARD_NAME = "README.md"
+TASK = "text-generation"  # the Hub pipeline tag, and the task of every evaluation result
 
 # The Hub release the offline SmolLM2 GGUF was quantized from, and its license (Apache-2.0).
 SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -90,13 +97,8 @@ def load_run_info(run_dir: str | os.PathLike) -> dict:
         _require(check(info[key]), path, key, expected, info[key])
     data = info["data"]
     _require(isinstance(data.get("dataset"), str), path, "data.dataset", "a string", data.get("dataset"))
-    _require(
-        isinstance(data.get("splits"), dict),
-        path,
-        "data.splits",
-        "an object {split: {rows, sha256}}",
-        data.get("splits"),
-    )
+    splits = data.get("splits")
+    _require(isinstance(splits, dict), path, "data.splits", "an object {split: {rows, sha256}}", splits)
     for name, split in data["splits"].items():
         _require(isinstance(split, dict), path, f"data.splits.{name}", "an object {rows, sha256}", split)
         rows, digest = split.get("rows"), split.get("sha256")
@@ -219,20 +221,42 @@ def _table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> list[str]:
     return lines
 
 
-def _front_matter(info: dict, is_adapter: bool) -> list[str]:
-    import yaml
+def eval_dataset(data: dict) -> dict[str, str | None]:
+    """The model-index dataset of a run's data summary: TOFU by its Hub id and forget split, others by name."""
+    dataset, split = data["dataset"], data.get("forget_split")
+    split = split if isinstance(split, str) else None
+    if dataset.lower() == "tofu":
+        return {"dataset_type": TOFU_HUB_ID, "dataset_name": f"TOFU {split or ''}".strip(), "dataset_config": split}
+    return {"dataset_type": dataset, "dataset_name": dataset, "dataset_config": None}
 
-    metadata: dict[str, Any] = {}
+
+def eval_results(info: dict, summary: dict | None) -> list[EvalResult]:
+    """One EvalResult per finite number in the summary's metrics; null (and NaN) metrics stay in the body's table
+    only, since the Hub shows model-index values as measured results."""
+    if summary is None:
+        return []
+    dataset = eval_dataset(info["data"])
+    return [
+        EvalResult(task_type=TASK, metric_type=name, metric_value=value, **dataset)
+        for name, value in summary["metrics"].items()
+        if value is not None and math.isfinite(value)
+    ]
+
+
+def card_data(info: dict, summary: dict | None, is_adapter: bool, model_name: str) -> ModelCardData:
+    """The front matter; `model_name` names the model-index entry (ModelCardData requires one with results)."""
     hub_id = hub_base_model(info["base_model"])
-    if hub_id is not None:
-        metadata["base_model"] = hub_id
-    metadata["library_name"] = "peft" if is_adapter else "transformers"
-    license_id = KNOWN_LICENSES.get((hub_id or "").lower())
-    if license_id is not None:
-        metadata["license"] = license_id
-    metadata["tags"] = ["llm_unlearn", "unlearning", *method_tags(info["method"])]
-    metadata["pipeline_tag"] = "text-generation"
-    return ["---", yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True).rstrip("\n"), "---"]
+    results = eval_results(info, summary)
+    return ModelCardData(
+        base_model=hub_id,
+        datasets=[TOFU_HUB_ID] if info["data"]["dataset"].lower() == "tofu" else None,
+        library_name="peft" if is_adapter else "transformers",
+        license=KNOWN_LICENSES.get((hub_id or "").lower()),
+        tags=["llm_unlearn", "unlearning", *method_tags(info["method"])],
+        pipeline_tag=TASK,
+        eval_results=results or None,
+        model_name=model_name if results else None,
+    )
 
 
 def _loading_section(info: dict, is_adapter: bool, repo: str, has_tokenizer: bool) -> list[str]:
@@ -296,10 +320,9 @@ def build_model_card(run_dir: Path, repo_id: str | None = None) -> str:
     repo = repo_id or str(run_dir)
     method = info["method"]
     kind = "a LoRA/PEFT adapter" if is_adapter else "full model weights"
+    data = card_data(info, summary, is_adapter, model_name=Path(repo).name)
 
-    lines = _front_matter(info, is_adapter)
-    lines += [
-        "",
+    lines = [
         f"# {method} unlearning of {info['base_model']}",
         "",
         f"This repository holds {kind} produced by llm_unlearn {info['toolkit_version']} with the `{method}` "
@@ -348,6 +371,8 @@ def build_model_card(run_dir: Path, repo_id: str | None = None) -> str:
         if options:
             lines += ["", "Options: " + ", ".join(f"`{name}` = {format_value(value)}" for name, value in options)]
         lines += [""] + _table(("metric", "value"), list(summary["metrics"].items()))
+        if data.eval_results:
+            lines += ["", "The numeric metrics are also the card's `model-index` metadata, which the Hub shows."]
 
     lines += [
         "",
@@ -361,7 +386,8 @@ def build_model_card(run_dir: Path, repo_id: str | None = None) -> str:
     versions = sorted(info["versions"].items())
     lines += _table(("package", "version"), versions) if versions else ["No package versions recorded."]
     lines += ["", f"This card was generated by llm_unlearn from `{RUN_INFO}` and `{EVAL_SUMMARY}` in the run folder."]
-    return "\n".join(lines) + "\n"
+    # Parsed back by ModelCard, which rejects a malformed model-index, and written as it serializes the card.
+    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n"))
 
 
 def write_model_card(run_dir: str | os.PathLike, repo_id: str | None = None) -> Path:

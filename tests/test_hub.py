@@ -225,6 +225,84 @@ def test_card_leaves_local_base_out_of_metadata(tmp_path):
     assert "base_model" not in metadata  # a local path is not a Hub id; the Hub would reject it
 
 
+def card_folder(folder: Path, info: dict, metrics: dict | None) -> Path:
+    """A run folder with only what a card reads: run_info.json, an adapter marker and optionally a summary."""
+    write_json(folder / "run_info.json", info)
+    write_json(folder / "adapter_config.json", {})
+    if metrics is not None:
+        write_json(folder / "eval" / "summary.json", {"suite": "tofu", "metrics": metrics, "options": {}})
+    return folder
+
+
+def test_card_metadata_round_trips_through_huggingface_hub(tmp_path):
+    from huggingface_hub import ModelCard
+
+    metrics = {**METRICS, "privleak": None, "forget_rougeL_recall": float("nan"), "retain_prob": 1}
+    card_text = build_model_card(card_folder(tmp_path, run_info(), metrics), repo_id=REPO_ID)
+
+    card = ModelCard(card_text)  # strict: a malformed model-index raises here
+    data = card.data
+    assert str(card) == card_text  # the card is exactly as huggingface_hub writes it
+    assert data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct" and data.license == "apache-2.0"
+    assert data.tags == ["llm_unlearn", "unlearning", "mox"] and data.library_name == "peft"
+    assert data.pipeline_tag == "text-generation" and data.datasets == ["locuslab/TOFU"]
+    assert data.model_name == "tiny-unlearned"
+    # Every finite number of summary.json, in its order; null and NaN are left out.
+    expected = [*METRICS.items(), ("retain_prob", 1)]
+    assert [(r.metric_type, r.metric_value) for r in data.eval_results] == expected
+    for result in data.eval_results:
+        assert (result.task_type, result.dataset_type) == ("text-generation", "locuslab/TOFU")
+        assert (result.dataset_name, result.dataset_config) == ("TOFU forget01", "forget01")
+    assert "| privleak | n/a |" in card_text and "| forget_rougeL_recall | nan |" in card_text  # still in the body
+
+
+def test_card_model_index_passes_the_hubs_schema_without_network(tmp_path):
+    from huggingface_hub.utils import validate_repo_id
+
+    metrics = {**METRICS, "privleak": None}
+    card_text = build_model_card(card_folder(tmp_path, run_info(), metrics), repo_id=REPO_ID)
+
+    metadata = yaml.safe_load(card_text.split("---\n")[1])
+    validate_repo_id(metadata["base_model"])
+    validate_repo_id(metadata["datasets"][0])
+    assert metadata["model-index"] == [
+        {
+            "name": "tiny-unlearned",
+            "results": [
+                {
+                    "task": {"type": "text-generation"},
+                    "dataset": {"name": "TOFU forget01", "type": "locuslab/TOFU", "config": "forget01"},
+                    "metrics": [{"type": name, "value": value} for name, value in METRICS.items()],
+                }
+            ],
+        }
+    ]
+
+
+def test_card_of_another_dataset_names_it_and_lists_no_hub_dataset(tmp_path):
+    from huggingface_hub import ModelCard
+
+    info = run_info()
+    info["data"] = {"dataset": "synthetic", "splits": copy.deepcopy(SPLITS)}
+    data = ModelCard(build_model_card(card_folder(tmp_path, info, {"forget_quality": 0.5}))).data
+
+    assert "datasets" not in data.to_dict()
+    assert data.model_name == tmp_path.name  # without a repo id: the run folder's name
+    [result] = data.eval_results
+    assert (result.dataset_type, result.dataset_name, result.dataset_config) == ("synthetic", "synthetic", None)
+    assert (result.metric_type, result.metric_value) == ("forget_quality", 0.5)
+
+
+def test_card_without_numeric_metrics_has_no_model_index(tmp_path):
+    from huggingface_hub import ModelCard
+
+    card_text = build_model_card(card_folder(tmp_path, run_info(), {"forget_quality": None}), repo_id=REPO_ID)
+
+    assert "model-index" not in yaml.safe_load(card_text.split("---\n")[1])
+    assert ModelCard(card_text).data.eval_results is None
+    assert "| forget_quality | n/a |" in card_text and "model-index` metadata" not in card_text
+
+
 @pytest.mark.parametrize("failing_routes", [None, {"commit"}], ids=["all-routes", "commit-only"])
 def test_failing_server_raises_retry_command_and_keeps_folder(run_dir, fake_hub, monkeypatch, failing_routes):
     # huggingface_hub retries a failed commit with 1-8 s back-off; skip the waiting, keep the retries.
