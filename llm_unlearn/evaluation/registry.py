@@ -182,7 +182,39 @@ def from_aggregates(summary, metric: Metric, report: Report) -> tuple[float | No
     return metric.aggregate([summary.metrics[key] for key in parts]), None
 
 
-_MIA = dict(group="mia", sets=MIA_SETS, reports=())
+def _memorization(name: str, function: Callable, description: str) -> Metric:
+    """A forget-set metric of the answer tokens' argmax-correct flags (lower = more forgotten)."""
+    return Metric(
+        name,
+        function,
+        mean,
+        False,
+        description,
+        group="memorization",
+        needs=("answer", "answer_tokens"),
+        sets=(FORGET,),
+        inputs=_finite_answer_flags,
+        reports=_per_set(name, (FORGET,)),
+    )
+
+
+def _attack(name: str, score: Callable, attack: str, needs: tuple[str, ...], inputs: Callable) -> Metric:
+    """A membership-inference attack: a loss-like score per sample, its ROC AUC forget vs holdout."""
+    description = f"{attack} attack AUC, forget vs holdout"
+    return Metric(
+        name,
+        score,
+        mia.mia_auc,
+        None,
+        description,
+        group="mia",
+        needs=needs,
+        sets=MIA_SETS,
+        inputs=inputs,
+        reports=_attack_auc(name),
+    )
+
+
 _UTILITY_PARTS = tuple(f"{s}_{m}" for s in UTILITY_SETS for m in ("prob", "rougeL_recall", "truth_ratio"))
 
 for _entry in [
@@ -202,30 +234,12 @@ for _entry in [
         whenever_scored=True,
         reports=_per_set("prob", (FORGET, RETAIN), lower_on=(FORGET,)),
     ),
-    Metric(
+    _memorization(
         "extraction_strength",
         extraction_strength,
-        mean,
-        False,
         "1 - k/|y|, k the start of the longest teacher-forced argmax-correct suffix",
-        group="memorization",
-        needs=("answer", "answer_tokens"),
-        sets=(FORGET,),
-        inputs=_finite_answer_flags,
-        reports=_per_set("extraction_strength", (FORGET,)),
     ),
-    Metric(
-        "exact_memorization",
-        exact_memorization,
-        mean,
-        False,
-        "fraction of argmax-correct answer tokens",
-        group="memorization",
-        needs=("answer", "answer_tokens"),
-        sets=(FORGET,),
-        inputs=_finite_answer_flags,
-        reports=_per_set("exact_memorization", (FORGET,)),
-    ),
+    _memorization("exact_memorization", exact_memorization, "fraction of argmax-correct answer tokens"),
     Metric(
         "forget_quality",
         None,
@@ -247,45 +261,23 @@ for _entry in [
         inputs_from=_UTILITY_PARTS,
     ),
     # LOSS and zlib over the whole scored span; Min-K% and Min-K%++ over the answer tokens only.
-    Metric(
-        "mia_loss",
-        mia.loss_score,
-        mia.mia_auc,
-        None,
-        "LOSS attack AUC, forget vs holdout",
-        needs=("answer",),
-        inputs=lambda row, s: (row.answer.token_logprobs,),
-        **{**_MIA, "reports": _attack_auc("mia_loss")},
+    _attack("mia_loss", mia.loss_score, "LOSS", ("answer",), lambda row, s: (row.answer.token_logprobs,)),
+    _attack(
+        "mia_zlib", mia.zlib_score, "zlib", ("answer",), lambda row, s: (row.answer.token_logprobs, row.scored_text)
     ),
-    Metric(
-        "mia_zlib",
-        mia.zlib_score,
-        mia.mia_auc,
-        None,
-        "zlib attack AUC, forget vs holdout",
-        needs=("answer",),
-        inputs=lambda row, s: (row.answer.token_logprobs, row.scored_text),
-        **{**_MIA, "reports": _attack_auc("mia_zlib")},
-    ),
-    Metric(
+    _attack(
         "mia_min_k",
         mia.min_k_score,
-        mia.mia_auc,
-        None,
-        "Min-K% (k=0.4) attack AUC, forget vs holdout",
-        needs=("answer", "answer_tokens"),
-        inputs=lambda row, s: (row.answer.answer_logprobs, s.min_k),
-        **{**_MIA, "reports": _attack_auc("mia_min_k")},
+        "Min-K% (k=0.4)",
+        ("answer", "answer_tokens"),
+        lambda row, s: (row.answer.answer_logprobs, s.min_k),
     ),
-    Metric(
+    _attack(
         "mia_min_k_pp",
         mia.min_k_plus_plus_score,
-        mia.mia_auc,
-        None,
-        "Min-K%++ (k=0.4) attack AUC, forget vs holdout",
-        needs=("answer", "answer_tokens", "distribution"),
-        inputs=lambda row, s: (row.answer.answer_logprobs, row.answer.answer_mu, row.answer.answer_sigma, s.min_k),
-        **{**_MIA, "reports": _attack_auc("mia_min_k_pp")},
+        "Min-K%++ (k=0.4)",
+        ("answer", "answer_tokens", "distribution"),
+        lambda row, s: (row.answer.answer_logprobs, row.answer.answer_mu, row.answer.answer_sigma, s.min_k),
     ),
     Metric(
         "privleak",
