@@ -419,7 +419,7 @@ def _(ctx: Ctx) -> str:
 @case("reference-log-other-settings")
 def _(ctx: Ctx) -> str:
     from llm_unlearn.data.collate import PromptFormat
-    from llm_unlearn.evaluation.logs import ReferenceMismatchError
+    from llm_unlearn.evaluation.reference import ReferenceMismatchError
     from llm_unlearn.evaluation.runner import run_evaluation
     from llm_unlearn.evaluation.tofu import TofuEvalOptions, evaluate_tofu
     from llm_unlearn.models import load_tokenizer, tiny_llama

@@ -13,8 +13,9 @@ import torch
 
 from llm_unlearn.data.collate import PaddingCollator, PromptFormat, QADataset
 from llm_unlearn.evaluation.callback import EvaluationCallback
-from llm_unlearn.evaluation.logs import load_reference_log, sorted_values
+from llm_unlearn.evaluation.logs import sorted_values
 from llm_unlearn.evaluation.muse import MuseEvalOptions, evaluate_muse, knowmem_prompt, summarize_muse
+from llm_unlearn.evaluation.reference import load_reference_log
 from llm_unlearn.evaluation.runner import run_evaluation
 from llm_unlearn.evaluation.tofu import TofuEvalOptions, evaluate_tofu
 

@@ -11,7 +11,7 @@ import torch
 
 from llm_unlearn.evaluation import metrics as M
 from llm_unlearn.evaluation import mia
-from llm_unlearn.evaluation.logs import ReferenceLog
+from llm_unlearn.evaluation.reference import ReferenceLog
 from llm_unlearn.evaluation.report import make_report
 from llm_unlearn.evaluation.tofu import TofuEvalOptions, evaluate_tofu, summarize_tofu
 

@@ -10,8 +10,8 @@ import pytest
 
 from llm_unlearn.data.collate import PromptFormat
 from llm_unlearn.evaluation import tofu
-from llm_unlearn.evaluation.logs import ReferenceMismatchError
 from llm_unlearn.evaluation.muse import MuseEvalOptions, evaluate_muse
+from llm_unlearn.evaluation.reference import ReferenceMismatchError
 from llm_unlearn.evaluation.runner import run_evaluation
 from llm_unlearn.evaluation.tofu import TofuEvalOptions, evaluate_tofu
 from llm_unlearn.models import tiny_llama

@@ -16,7 +16,7 @@ _EXPORTS = {
     "MuseEvalOptions": "muse",
     "evaluate_muse": "muse",
     "EvalResult": "logs",
-    "load_reference_log": "logs",
+    "load_reference_log": "reference",
     "run_evaluation": "runner",
     "evaluate_suite": "runner",
     "EvaluationCallback": "callback",

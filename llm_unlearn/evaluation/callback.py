@@ -19,8 +19,9 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from llm_unlearn.data.collate import PromptFormat
-from llm_unlearn.evaluation.logs import STEPS_FILE, append_jsonl, as_reference
+from llm_unlearn.evaluation.logs import STEPS_FILE, append_jsonl
 from llm_unlearn.evaluation.muse import MuseEvalOptions
+from llm_unlearn.evaluation.reference import as_reference
 from llm_unlearn.evaluation.runner import evaluate_suite, get_suite
 from llm_unlearn.evaluation.scoring import distributed_state, is_main_process
 from llm_unlearn.evaluation.tofu import TofuEvalOptions

@@ -25,19 +25,18 @@ import os
 from dataclasses import asdict
 
 from llm_unlearn.data.collate import PaddingCollator, PromptFormat
-from llm_unlearn.evaluation import metrics as M
-from llm_unlearn.evaluation import mia
-from llm_unlearn.evaluation.logs import (
-    HASH_KEY,
-    EvalResult,
-    ReferenceLog,
-    SettingCheck,
-    as_reference,
-    merge_per_sample,
-    sorted_values,
-    text_hash,
-)
+from llm_unlearn.evaluation.compute import RowScores, Settings, per_sample_values, requested_scores, summarize
+from llm_unlearn.evaluation.logs import HASH_KEY, EvalResult, indexed_records, merge_per_sample, text_hash
 from llm_unlearn.evaluation.muse_options import MUSE_RETAIN_AUC, MUSE_SETS, MuseEvalOptions
+from llm_unlearn.evaluation.nonfinite import nonfinite_table
+from llm_unlearn.evaluation.reference import (
+    ReferenceLog,
+    as_reference,
+    check_reference,
+    fixed_reference_note,
+    muse_reference_settings,
+)
+from llm_unlearn.evaluation.registry import KNOWMEM_F, KNOWMEM_R, PRIV_F, PRIV_H, VERBMEM, summary_direction
 from llm_unlearn.evaluation.scoring import (
     distributed_state,
     encode_raw_text,
@@ -47,17 +46,10 @@ from llm_unlearn.evaluation.scoring import (
     score_sequences,
     shard,
 )
-from llm_unlearn.evaluation.tofu import MIA_ATTACKS, check_reference, privleak_vs_reference
 
 __all__ = ["MUSE_SETS", "MuseEvalOptions", "evaluate_muse", "knowmem_prompt", "summarize_muse"]
-# Per-sample set names in per_sample.json.
-VERBMEM, KNOWMEM_F, KNOWMEM_R, PRIV_F, PRIV_H = (
-    "verbmem_forget",
-    "knowmem_forget",
-    "knowmem_retain",
-    "privleak_forget",
-    "privleak_holdout",
-)
+# Per-sample set names in per_sample.json, in the order they are evaluated and summarized.
+MUSE_SET_NAMES = (VERBMEM, KNOWMEM_F, KNOWMEM_R, PRIV_F, PRIV_H)
 KNOWMEM_STOP_STRINGS = ("\n\n", "\nQuestion", "Question:")
 
 
@@ -70,16 +62,7 @@ def _split(data: dict, subset: str, split: str, keys: tuple[str, ...], truncate:
             "set out of MuseEvalOptions.sets"
         ) from err
     records = records[:truncate] if truncate else records
-    out, seen = [], set()
-    for row, record in enumerate(records):
-        if missing := [k for k in keys if k not in record]:
-            raise ValueError(f"MUSE data['{subset}']['{split}'], row {row}: missing {missing}; expected keys {keys}")
-        index = int(record.get("index", row))
-        if index in seen:
-            raise ValueError(f"MUSE data['{subset}']['{split}'], row {row}: duplicate index {index}")
-        seen.add(index)
-        out.append({**record, "index": index})
-    return out
+    return indexed_records(records, f"MUSE data['{subset}']['{split}']", keys)
 
 
 def knowmem_prompt(question: str, icl_pairs: list[dict]) -> str:
@@ -97,26 +80,34 @@ def first_tokens(tokenizer, text: str, count: int | None) -> str:
     return tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=True)
 
 
-def _generate_set(records, prompts, references, max_new_tokens, stop_strings, model, tokenizer, options, fmt):
-    """Greedy generations for `prompts` and their ROUGE-L F1 against `references` (one per record)."""
-    out: dict[str, dict] = {"generation": {}, "rougeL_f1": {}}
-    if not records:
-        return out
-    prompt_ids = [tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
-    texts = generate_greedy(
-        model,
-        tokenizer,
-        prompt_ids,
-        max_new_tokens,
-        options.batch_size,
-        _stop_ids(tokenizer, model),
-        stop_strings,
-        mask_pad_ids=fmt.label_mode == "open_unlearning",
-    )
-    for record, text, reference in zip(records, texts, references):
-        out["generation"][str(record["index"])] = text
-        out["rougeL_f1"][str(record["index"])] = M.rouge_l_f1(text, reference, options.rouge_stemming)
-    return out
+def _groups(options: MuseEvalOptions) -> tuple[str, ...]:
+    """The registry's metric groups MUSE runs: ROUGE on the generation sets, the attacks with privleak."""
+    return ("rouge", "mia") if "privleak" in options.sets else ("rouge",)
+
+
+def _settings(options: MuseEvalOptions) -> Settings:
+    options = options.resolved()
+    return Settings(options.min_k, options.rouge_stemming, options.scale_100, options.fixed_reference_auc())
+
+
+def _generate_set(name, records, prompts, references, max_new_tokens, stop_strings, model, tokenizer, options, fmt):
+    """Per-sample values of a generation set: greedy generations for `prompts`, scored against `references`."""
+    rows = [RowScores(r["index"], reference_text=reference) for r, reference in zip(records, references)]
+    if rows:
+        prompt_ids = [tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
+        texts = generate_greedy(
+            model,
+            tokenizer,
+            prompt_ids,
+            max_new_tokens,
+            options.batch_size,
+            _stop_ids(tokenizer, model),
+            stop_strings,
+            mask_pad_ids=fmt.label_mode == "open_unlearning",
+        )
+        for row, text in zip(rows, texts):
+            row.generation = text
+    return per_sample_values(name, rows, _groups(options), _settings(options))
 
 
 def _stop_ids(tokenizer, model) -> list[int]:
@@ -140,32 +131,24 @@ def privleak_token_limit(model, max_length: int | None) -> int | None:
     return min(limits) if limits else None
 
 
-def _privleak_set(records, model, tokenizer, options, fmt, limit: int | None) -> dict:
-    out: dict[str, dict] = {}
+def _privleak_set(name, records, model, tokenizer, options, fmt, limit: int | None) -> dict:
+    """Per-sample values of a privleak set: each whole text (up to `limit` tokens) scored in one forward."""
     if not records:
-        return out
+        return {}
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     collator = PaddingCollator(pad_id, "right", mask_pad_ids=fmt.label_mode == "open_unlearning")
     items = [encode_raw_text(tokenizer, r["text"], limit) for r in records]
-    scores = score_sequences(model, items, collator, options.batch_size, distribution_stats=True)
+    with_stats = "distribution" in requested_scores(name, _groups(options))
+    scores = score_sequences(model, items, collator, options.batch_size, distribution_stats=with_stats)
+    rows = []
     for record, item, score in zip(records, items, scores):
-        index = str(record["index"])
         if score.num_tokens == 0:
-            raise ValueError(f"MUSE privleak text at index {index} has fewer than 2 tokens; nothing to score")
+            raise ValueError(f"MUSE privleak text at index {record['index']} has fewer than 2 tokens; nothing to score")
         # zlib entropy of the text actually scored (after any cut).
         text = tokenizer.decode(item["input_ids"], skip_special_tokens=True)
-        values = {
-            "num_tokens": score.num_tokens,
-            "cut_tokens": item["text_tokens"] - len(item["input_ids"]),
-            "nll": score.mean_nll,
-            "mia_loss": mia.loss_score(score.token_logprobs),
-            "mia_zlib": mia.zlib_score(score.token_logprobs, text),
-            "mia_min_k": mia.min_k_score(score.token_logprobs, options.min_k),
-            "mia_min_k_pp": mia.min_k_plus_plus_score(score.token_logprobs, score.mu, score.sigma, options.min_k),
-        }
-        for metric, value in values.items():
-            out.setdefault(metric, {})[index] = value
-    return out
+        cut = item["text_tokens"] - len(item["input_ids"])
+        rows.append(RowScores(record["index"], scored_text=text, answer=score, cut_tokens=cut))
+    return per_sample_values(name, rows, _groups(options), _settings(options))
 
 
 def _cut_note(per_sample: dict, options: MuseEvalOptions, limit: int | None) -> str | None:
@@ -183,26 +166,6 @@ def _cut_note(per_sample: dict, options: MuseEvalOptions, limit: int | None) -> 
         f"{cut} of {total} privleak texts are longer than the model's context ({limit} tokens, "
         f"config.max_position_embeddings) and were scored on their first {limit} tokens (per-sample cut_tokens)"
     )
-
-
-def muse_reference_settings(options: MuseEvalOptions, fmt: PromptFormat) -> list[SettingCheck]:
-    """What a MUSE reference log must share with this run, or should (a note when it differs).
-
-    The reference log only feeds privleak (the retain model's Min-K% AUC on the same rows), so everything that
-    changes Min-K% scores is strict when privleak takes its AUC from the log: min_k and the privleak token cut.
-    The label mode only changes open-unlearning's pad-id attention mask, which touches raw text only where the
-    text itself holds the pad token: a note. Prompts are plain text in every mode, so there is no prompt format
-    to compare. With a fixed reference AUC the log serves only the split check and every difference is a note.
-    """
-    if "privleak" not in options.sets:
-        return []
-    strict = options.fixed_reference_auc() is None
-    changes = "the Min-K% scores differ, so the retain model's AUC does not fit this run's"
-    return [
-        SettingCheck(("options", "min_k"), options.min_k, strict, changes),
-        SettingCheck(("options", "max_length"), options.max_length, strict, changes),
-        SettingCheck(("label_mode",), fmt.label_mode, False, "the pad-id attention mask differs (rarely matters)"),
-    ]
 
 
 def evaluate_muse(
@@ -243,7 +206,7 @@ def evaluate_muse(
     reference = as_reference(reference_log)
     notes += check_reference(reference, hashes, PRIV_F, PRIV_H, muse_reference_settings(options, fmt))
     if "privleak" in options.sets and (fixed := options.fixed_reference_auc()) is not None:
-        notes.append(_fixed_reference_note(options.reference_auc, fixed, reference))
+        notes.append(fixed_reference_note(_fixed_reference_source(options.reference_auc, fixed), reference))
     limit = privleak_token_limit(model, options.max_length)
 
     state = distributed_state()
@@ -254,11 +217,12 @@ def evaluate_muse(
             prompts = [r["prompt"] for r in part]
             references = [first_tokens(tokenizer, r["gt"], options.verbmem_reference_tokens) for r in part]
             mine[name] = _generate_set(
-                part, prompts, references, options.verbmem_max_new_tokens, (), model, tokenizer, options, fmt
+                name, part, prompts, references, options.verbmem_max_new_tokens, (), model, tokenizer, options, fmt
             )
         elif name in (KNOWMEM_F, KNOWMEM_R):
             prompts = [knowmem_prompt(r["question"], icl[name]) for r in part]
             mine[name] = _generate_set(
+                name,
                 part,
                 prompts,
                 [r["answer"] for r in part],
@@ -270,7 +234,7 @@ def evaluate_muse(
                 fmt,
             )
         else:
-            mine[name] = _privleak_set(part, model, tokenizer, options, fmt, limit)
+            mine[name] = _privleak_set(name, part, model, tokenizer, options, fmt, limit)
     per_sample = merge_per_sample(gather(mine, state))
     for name, digests in hashes.items():
         per_sample.setdefault(name, {})[HASH_KEY] = digests
@@ -288,8 +252,8 @@ def evaluate_muse(
         "privleak_token_limit": limit,  # None: whole texts, the model's context unknown
         "row_counts": {name: len(records) for name, records in sets.items()},
         "icl_shots_used": {name: len(pairs) for name, pairs in icl.items()},
-        "higher_is_better": {key: M.summary_direction(key) for key in metrics},
-        "nonfinite_rows": M.nonfinite_table(per_sample),
+        "higher_is_better": {key: summary_direction(key) for key in metrics},
+        "nonfinite_rows": nonfinite_table(per_sample),
     }
     return EvalResult("muse", per_sample, metrics, reasons, notes, meta)
 
@@ -297,52 +261,14 @@ def evaluate_muse(
 def summarize_muse(
     per_sample: dict, options: MuseEvalOptions, reference: ReferenceLog | None
 ) -> tuple[dict[str, float | None], dict[str, str]]:
-    options = options.resolved()
-    metrics: dict[str, float | None] = {}
-    reasons: dict[str, str] = {}
-    scale = 100.0 if options.scale_100 else 1.0
-    for key, name in (("verbmem_f", VERBMEM), ("knowmem_f", KNOWMEM_F), ("knowmem_r", KNOWMEM_R)):
-        if scores := sorted_values(per_sample, name, "rougeL_f1"):
-            metrics[key] = scale * sum(scores) / len(scores)
-    if "privleak" not in options.sets:
-        return metrics, reasons
-    for attack in MIA_ATTACKS:
-        key = f"mia_{attack}_auc"
-        forget, holdout = (
-            sorted_values(per_sample, PRIV_F, f"mia_{attack}"),
-            sorted_values(per_sample, PRIV_H, f"mia_{attack}"),
-        )
-        if reason := M.nonfinite_reason(per_sample, [(PRIV_F, f"mia_{attack}"), (PRIV_H, f"mia_{attack}")]):
-            metrics[key], reasons[key] = None, reason
-        elif forget and holdout:
-            metrics[key] = mia.mia_auc(forget, holdout)
-        else:
-            metrics[key], reasons[key] = None, "needs the privleak forget and holdout splits"
-    metrics["privleak"], reason = _privleak(metrics["mia_min_k_auc"], per_sample, options, reference)
-    if reason:
-        reasons["privleak"] = reason
-    return metrics, reasons
+    """Summary metrics (the registry's reports on MUSE's sets) and the reason for every null."""
+    return summarize(per_sample, MUSE_SET_NAMES, _groups(options), _settings(options), reference)
 
 
-def _privleak(auc: float | None, per_sample: dict, options: MuseEvalOptions, reference: ReferenceLog | None):
-    """privleak against the fixed reference AUC when there is one, else against the reference log's."""
-    fixed = options.fixed_reference_auc()
-    if fixed is None:
-        return privleak_vs_reference(auc, per_sample, reference, PRIV_F, PRIV_H, min_k=options.min_k)
-    if reason := M.nonfinite_reason(per_sample, [(PRIV_F, "mia_min_k"), (PRIV_H, "mia_min_k")]):
-        return None, reason
-    if auc is None:
-        return None, f"needs Min-K% scores on the {PRIV_F} and {PRIV_H} sets"
-    return mia.privleak(auc, fixed), None
-
-
-def _fixed_reference_note(source, fixed: float, reference: ReferenceLog | None) -> str:
+def _fixed_reference_source(source, fixed: float) -> str:
     if source in MUSE_RETAIN_AUC:
-        what = (
+        return (
             f"MUSE's published retain-model AUC for {source} ({MUSE_RETAIN_AUC[source]} in MUSE's convention, "
             f"{fixed:.4f} in this project's)"
         )
-    else:
-        what = f"a fixed retain-model AUC of {fixed}"
-    unused = f"; the reference log {reference.path} only checks the split" if reference is not None else ""
-    return f"privleak compares this run's Min-K% AUC with {what}, not with a reference log{unused}"
+    return f"a fixed retain-model AUC of {fixed}"

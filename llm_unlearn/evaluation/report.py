@@ -39,17 +39,11 @@ MAIN_COLUMNS = (
     "mia_min_k_auc",
     "privleak",
 )
-STEP_COLUMNS = (
-    "forget_quality",
-    "model_utility",
-    "forget_rougeL_recall",
-    "retain_rougeL_recall",
-    "forget_truth_ratio",
-    "forget_prob",
-    "verbmem_f",
-    "knowmem_f",
-    "knowmem_r",
-    "privleak",
+# Plotted over training steps: the main columns but the per-set extras.
+STEP_COLUMNS = tuple(
+    key
+    for key in MAIN_COLUMNS
+    if key not in ("retain_prob", "forget_extraction_strength", "forget_exact_memorization", "mia_min_k_auc")
 )
 SETTINGS = ("label_mode", "reference_log", "num_processes")
 

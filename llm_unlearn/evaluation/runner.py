@@ -17,8 +17,9 @@ from pathlib import Path
 
 from llm_unlearn import __version__
 from llm_unlearn.data.collate import PromptFormat
-from llm_unlearn.evaluation.logs import PER_SAMPLE_FILE, SUMMARY_FILE, EvalResult, ReferenceLog, write_json_atomic
+from llm_unlearn.evaluation.logs import PER_SAMPLE_FILE, SUMMARY_FILE, EvalResult, write_json_atomic
 from llm_unlearn.evaluation.muse import MuseEvalOptions, evaluate_muse
+from llm_unlearn.evaluation.reference import ReferenceLog
 from llm_unlearn.evaluation.scoring import distributed_state, is_main_process
 from llm_unlearn.evaluation.tofu import TofuEvalOptions, evaluate_tofu
 
