@@ -38,6 +38,7 @@ class RowScores:
     scored_text: the text the zlib attack compresses (the answer; the scored part of a raw text).
     reference_text: what ROUGE compares the generation with.
     cut_tokens: tokens a raw text lost to the token limit.
+    kl: mean labelled-token KL(p_start || p_model) of the row.
     """
 
     index: int
@@ -48,6 +49,7 @@ class RowScores:
     perturbed: list[SequenceScore] | None = None
     generation: str | None = None
     cut_tokens: int = 0
+    kl: float | None = None  # KL to the starting model (evaluation/drift.py), where a suite computes it
 
     @property
     def correct(self) -> SequenceScore | None:

@@ -14,6 +14,7 @@ import torch
 
 from llm_unlearn.data.collate import IGNORE_INDEX, PaddingCollator
 from llm_unlearn.evaluation.scoring import evaluation_mode, model_device
+from llm_unlearn.models import is_peft_model
 
 
 def _labelled_logprobs(model, batch: dict) -> tuple[torch.Tensor, list[int]]:
@@ -34,7 +35,7 @@ def kl_to_start(
 ) -> list[float]:
     """Per item ({input_ids, labels}), the mean labelled-token KL(p_start || p_model); NaN for an item with no
     labelled token. `start_model` None: `model` must be a PEFT model, whose adapter turned off is the start."""
-    if start_model is None and not hasattr(model, "disable_adapter"):
+    if start_model is None and not is_peft_model(model):
         raise ValueError("kl_to_start: give start_model for a model without a PEFT adapter (full weights)")
     values: list[float] = []
     for first in range(0, len(items), batch_size):

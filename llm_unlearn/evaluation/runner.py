@@ -17,6 +17,7 @@ from pathlib import Path
 
 from llm_unlearn import __version__
 from llm_unlearn.data.collate import PromptFormat
+from llm_unlearn.evaluation.custom import CustomEvalOptions, evaluate_custom
 from llm_unlearn.evaluation.logs import PER_SAMPLE_FILE, SUMMARY_FILE, EvalResult, write_json_atomic
 from llm_unlearn.evaluation.muse import MuseEvalOptions, evaluate_muse
 from llm_unlearn.evaluation.reference import ReferenceLog
@@ -28,7 +29,7 @@ from llm_unlearn.evaluation.tofu import TofuEvalOptions, evaluate_tofu
 class Suite:
     """An evaluation suite: its options dataclass (`evaluation.options` in a config), its evaluate function
     (model, tokenizer, data, options, fmt, reference_log) -> EvalResult, and the data it reads ("qa": question
-    and answer sets; "text": MUSE-layout corpora)."""
+    and answer sets; "text": MUSE-layout corpora; "custom": your own sets, question/answer or text)."""
 
     name: str
     options: type
@@ -40,6 +41,7 @@ class Suite:
 SUITES = {
     "tofu": Suite("tofu", TofuEvalOptions, evaluate_tofu, "qa"),
     "muse": Suite("muse", MuseEvalOptions, evaluate_muse, "text"),
+    "custom": Suite("custom", CustomEvalOptions, evaluate_custom, "custom"),
 }
 
 

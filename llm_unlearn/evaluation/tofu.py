@@ -101,13 +101,13 @@ def evenly_spaced(records: list, count: int | None) -> list:
     return [records[(i * len(records)) // count] for i in range(count)]
 
 
-def _correct(set_name: str) -> str:
+def correct_score(set_name: str) -> str:
     """The score that stands for the correct answer: the paraphrased answer's on forget/retain, else the answer's."""
     return "paraphrased" if set_name in PARAPHRASED_SETS else "answer"
 
 
 def _required_keys(set_name: str, groups: tuple[str, ...]) -> list[str]:
-    scores = requested_scores(set_name, groups, _correct(set_name))
+    scores = requested_scores(set_name, groups, correct_score(set_name))
     keys = ["question", "answer"]
     keys += [
         key
@@ -172,10 +172,10 @@ def _settings(options: TofuEvalOptions) -> Settings:
     return Settings(min_k=options.min_k, rouge_stemming=options.rouge_stemming)
 
 
-def _score_set(name, records, model, tokenizer, options, fmt, collator, stop_ids) -> dict:
+def score_qa_set(name, records, model, tokenizer, options, fmt, collator, stop_ids) -> dict:
     """Per-sample values of one set (or one process's shard of it): each row scored once into RowScores (only
     what the enabled metrics of this set need), then every registered column that applies."""
-    scores = requested_scores(name, options.metrics, _correct(name))
+    scores = requested_scores(name, options.metrics, correct_score(name))
     rows = [RowScores(r["index"], scored_text=r["answer"], reference_text=r["answer"]) for r in records]
     for start in range(0, len(records), options.batch_size):
         chunk, chunk_rows = records[start : start + options.batch_size], rows[start : start + options.batch_size]
@@ -216,7 +216,7 @@ def _score_set(name, records, model, tokenizer, options, fmt, collator, stop_ids
         )
         for row, text in zip(rows, texts):
             row.generation = text
-    return per_sample_values(name, rows, options.metrics, _settings(options), _correct(name))
+    return per_sample_values(name, rows, options.metrics, _settings(options), correct_score(name))
 
 
 def summarize_tofu(
@@ -253,7 +253,7 @@ def evaluate_tofu(
     collator = PaddingCollator(pad_id, "right", mask_pad_ids=fmt.label_mode == "open_unlearning")
     stop_ids = end_of_turn_ids(tokenizer, fmt, model)
     mine = {
-        name: _score_set(
+        name: score_qa_set(
             name, shard(records, state, options.batch_size), model, tokenizer, options, fmt, collator, stop_ids
         )
         for name, records in sets.items()

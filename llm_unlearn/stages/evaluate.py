@@ -1,4 +1,4 @@
-"""evaluate: the suite the data calls for (TOFU or MUSE) on a model or adapter folder, against the retain
+"""evaluate: the suite the data calls for (TOFU, MUSE or custom) on a model or adapter folder, against the retain
 model's per-sample log; writes per_sample.json, summary.json and run_info.json into `evaluation.output_dir`
 (default: an `eval` folder beside the model folder, where the model card of a pushed model folder finds it)."""
 
@@ -9,7 +9,7 @@ from pathlib import Path
 from transformers import set_seed
 
 from llm_unlearn.config import ConfigError, convert_value
-from llm_unlearn.models import load_tokenizer
+from llm_unlearn.models import is_peft_model, load_tokenizer
 from llm_unlearn.runs import PeakMemory, RunInfo, Stopwatch, check_run_dir, prepare_run_dir
 from llm_unlearn.stages.loading import load_for_eval
 from llm_unlearn.stages.spec import RunOptions, RunSpec, check_sources
@@ -37,6 +37,16 @@ def _model_path(spec: RunSpec, training: dict) -> str:
     return model_path
 
 
+def _start_model(spec: RunSpec, model, model_path: str):
+    """The model unlearning started from, for the custom suite's KL: None when it is the adapter turned off (a
+    PEFT model) or when the evaluated folder is model.name_or_path itself; else model.name_or_path loaded."""
+    if is_peft_model(model) or Path(model_path).resolve() == Path(spec.model.name_or_path).resolve():
+        return None
+    from llm_unlearn.models import load_model
+
+    return load_model(spec.model.name_or_path, dtype=spec.model.dtype).eval()
+
+
 def run_evaluate(spec: RunSpec, options: RunOptions) -> Path:
     from llm_unlearn.evaluation.runner import run_evaluation
     from llm_unlearn.evaluation.scoring import distributed_state, is_main_process
@@ -52,10 +62,13 @@ def run_evaluate(spec: RunSpec, options: RunOptions) -> Path:
     tokenizer = load_tokenizer(spec.model.name_or_path)
     model = load_for_eval(spec.model, model_path)
     out_dir = prepare_run_dir(out_dir, options.overwrite, options.resume)  # only once the inputs loaded
+    eval_data = data.eval_data()
+    if spec.suite_name == "custom":
+        eval_data["start_model"] = _start_model(spec, model, model_path)
     set_seed(seed)
     timer, memory = Stopwatch(), PeakMemory()
     summary = run_evaluation(
-        model, tokenizer, spec.suite_name, data.eval_data(), out_dir, eval_options, spec.fmt, settings.reference_log
+        model, tokenizer, spec.suite_name, eval_data, out_dir, eval_options, spec.fmt, settings.reference_log
     )
     if is_main_process(distributed_state()):
         RunInfo(
