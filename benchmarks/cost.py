@@ -165,10 +165,9 @@ def step_worker(method: str, weights: str, model_name: str, out: Path) -> None:
 
 def eval_worker(batch_size: int, model_name: str, out: Path) -> None:
     import torch
-    from run_benchmark import evenly_spaced
 
     from llm_unlearn.data import DataConfig, load_qa_splits
-    from llm_unlearn.evaluation.tofu import TofuEvalOptions, evaluate_tofu
+    from llm_unlearn.evaluation.tofu import TofuEvalOptions, evaluate_tofu, evenly_spaced
     from llm_unlearn.models import load_model, load_tokenizer
 
     size = sizes()
