@@ -71,15 +71,18 @@ class Context:
         return self.out_dir / f"{run}.json"
 
     def shared_overrides(self) -> list[str]:
-        """Data, prompt format, evaluation options and the training fields every run of the scale shares."""
-        scale = self.scale
-        training = {"use_cpu": scale.use_cpu, "seed": self.seed, "disable_tqdm": True, "logging_steps": 1}
+        """The data and prompt format (whole sections: the scale owns them) and the training fields that every
+        run of the scale shares, fine-tuning included."""
+        training = {"use_cpu": self.scale.use_cpu, "seed": self.seed, "disable_tqdm": True, "logging_steps": 1}
         return [
             f"data={yaml_value(self.setting.data)}",
-            *overrides("format", scale.fmt),
-            *overrides("evaluation.options", {**scale.eval_options, "rows": scale.eval_rows or None}),
+            f"format={yaml_value(self.scale.fmt)}",
             *overrides("training", {**training, "save_strategy": "no"}),
         ]
+
+    def eval_overrides(self) -> list[str]:
+        options = {**self.scale.eval_options, "rows": self.scale.eval_rows or None}
+        return overrides("evaluation.options", options)
 
     def method_run(self, method: str, weights: str, lr: float, work: Path, **training) -> RecipeRun:
         """The method's recipe from the target model under the scale's budget, at learning rate `lr`."""
@@ -92,6 +95,7 @@ class Context:
             [
                 *overrides("model", model),
                 *self.shared_overrides(),
+                *self.eval_overrides(),
                 *overrides("training", budget),
                 f"evaluation.reference_log={yaml_value(self.reference_log)}",
             ],
@@ -195,7 +199,7 @@ def prepare_references(ctx: Context) -> None:
         else:
             log(f"evaluating the {which} model")
             run = RecipeRun(RECIPES / "evaluate_retain.yaml", [f"model.name_or_path={yaml_value(model_path)}"])
-            run = run.plus(*ctx.shared_overrides())
+            run = run.plus(*ctx.shared_overrides(), *ctx.eval_overrides())
             reference = None if which == "retain" else ctx.reference_log
             metrics, seconds, peak = evaluate(run, model_path, eval_dir, reference)
             summary = {

@@ -51,8 +51,8 @@ def mox_grid_point(
         plain_dir = work.parent / f"{work.name}-plain"
         if any(v == plain for v, _ in missing):
             plain_run = memorize.plus(
-                *overrides("training", {"output_dir": str(plain_dir), "momentum": False}),
-                *overrides("training", {"alpha": plain_alphas[0], "alphas": plain_alphas[1:]}),
+                *overrides("training", {"output_dir": str(plain_dir), "momentum": False, "alpha": plain_alphas[0]}),
+                *overrides("training", {"alphas": plain_alphas[1:]}),
                 f"extrapolate.memorization={yaml_value(str(work / 'memorization'))}",
             )
             extrapolate(plain_run, [export_dir(plain_dir, a, plain_alphas[0]) for a in plain_alphas])

@@ -41,17 +41,10 @@ from harness import (
 )
 from mox_runs import VARIANTS, mox_grid_point, sweep_names, variant_names
 from recipe_runs import REPO, missing_recipes, read_json
-from scales import METHOD_SETTINGS, MOX_FAMILY, SCALES, Scale, Setting, with_tofu
+from scales import MOX_FAMILY, SCALES, Scale, Setting, method_families, scale_manifest, with_tofu
 
 DEFAULT_OUT = REPO / "benchmarks" / "results"
 VARIANT_LABELS = {"": "", "_momentum": "-momentum"}  # suffix of a MOX variant's name in the tables
-
-
-def method_families() -> dict[str, str]:
-    """Method -> family, read from each registered trainer (each family has its own grid per scale and weights)."""
-    from llm_unlearn.methods import METHODS
-
-    return {name: method.trainer.family for name, method in METHODS.items()}
 
 
 def table_rows() -> dict[str, str]:
@@ -171,27 +164,6 @@ def run_setting(scale: Scale, seed: int, setting: Setting, methods: list[str], o
         "utility_threshold": threshold,
         "choices": ctx.choices,
         "finetune": ctx.finetune_info,
-    }
-
-
-def scale_manifest(scale: Scale) -> dict:
-    return {
-        "name": scale.name,
-        "description": scale.description,
-        "base_model": scale.base_model,
-        "settings": {s.name: s.data for s in scale.settings},
-        "baseline_weights": list(scale.baseline_weights),
-        "mox_weights": list(scale.mox_weights),
-        "seeds": list(scale.seeds),
-        "finetune": scale.finetune,
-        "unlearn_budget": scale.unlearn,
-        "lr_grid": {f"{family}/{weights}": list(lrs) for (family, weights), lrs in scale.lr_grid.items()},
-        "alphas": list(scale.alphas),
-        "eval_options": scale.eval_options,
-        "eval_rows": scale.eval_rows,
-        "lora": scale.lora,
-        "method_settings": {**METHOD_SETTINGS, **scale.method_settings},
-        "families": method_families(),
     }
 
 

@@ -2,7 +2,7 @@
 
 A scale only supplies overrides of the TOFU SmolLM2 recipes (recipes/tofu/smollm2/); the protocol of each method
 (its loss settings) lives in its recipe. The TOFU folder is not part of a scale: `with_tofu` fills it in from the
-benchmark's `--tofu` argument.
+benchmark's `--tofu` argument. `scale_manifest` is the scale as selection.json records it.
 """
 
 from __future__ import annotations
@@ -47,6 +47,34 @@ class Scale:
 # whatever the library default: at the CPU budget (half an epoch) a per-epoch refresh would equal plain MOX;
 # benchmarks/momentum_refresh.py compares the two.
 METHOD_SETTINGS = {"mox": {"momentum_refresh": "steps"}}
+
+
+def method_families() -> dict[str, str]:
+    """Method -> family, read from each registered trainer (each family has its own grid per scale and weights)."""
+    from llm_unlearn.methods import METHODS
+
+    return {name: method.trainer.family for name, method in METHODS.items()}
+
+
+def scale_manifest(scale: Scale) -> dict:
+    return {
+        "name": scale.name,
+        "description": scale.description,
+        "base_model": scale.base_model,
+        "settings": {s.name: s.data for s in scale.settings},
+        "baseline_weights": list(scale.baseline_weights),
+        "mox_weights": list(scale.mox_weights),
+        "seeds": list(scale.seeds),
+        "finetune": scale.finetune,
+        "unlearn_budget": scale.unlearn,
+        "lr_grid": {f"{family}/{weights}": list(lrs) for (family, weights), lrs in scale.lr_grid.items()},
+        "alphas": list(scale.alphas),
+        "eval_options": scale.eval_options,
+        "eval_rows": scale.eval_rows,
+        "lora": scale.lora,
+        "method_settings": {**METHOD_SETTINGS, **scale.method_settings},
+        "families": method_families(),
+    }
 
 
 def with_tofu(scale: Scale, tofu: str) -> Scale:

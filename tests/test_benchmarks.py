@@ -175,6 +175,28 @@ def test_toy_benchmark_resumes_without_running_anything(toy_run, monkeypatch):
     assert {p.name: p.read_text() for p in seed_dir.glob("f1-*.json")} == before
 
 
+def test_a_failed_run_is_recorded_and_the_benchmark_goes_on(toy_run, tmp_path, monkeypatch):
+    """Every GA training raises: each grid point gets a failure JSON, the smallest is kept (flagged), and the
+    benchmark still writes selection.json. The cached target and retain models are reused."""
+    _, cache, _ = toy_run
+    import llm_unlearn.stages
+
+    def broken(spec, options):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(llm_unlearn.stages, "run_unlearn", broken)
+    seed_dir = rb.run_benchmark("toy", 0, ["ga"], tmp_path / "out", cache, settings=["f1"])
+    failed = json.loads((seed_dir / "f1-lora-ga-lr1e-4.json").read_text())
+    assert failed["status"] == "failed" and failed["error"] == "RuntimeError: boom" and failed["metrics"] == {}
+    choices = json.loads((seed_dir / "selection.json").read_text())["settings"]["f1"]["choices"]
+    assert choices["f1/lora/ga"] == {
+        "run": "f1-lora-ga-lr1e-4",
+        "met_rule": False,
+        "evaluated": ["f1-lora-ga-lr1e-3", "f1-lora-ga-lr1e-4"],
+    }
+    assert choices["f1/full/ga"]["evaluated"] == ["f1-full-ga-lr1e-4", "f1-full-ga-lr1e-5"]
+
+
 def test_make_tables_regenerates_the_readme_from_toy_results(toy_run, tmp_path):
     out, _, _ = toy_run
     readme = tmp_path / "README.md"
