@@ -25,7 +25,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "cost"
-TOFU_SOURCE = "../shared/data/tofu"
+DEFAULT_TOFU = "../shared/data/tofu"  # relative to the repository root (the workers' working directory)
 BASELINE = "finetune"
 MOMENTUM = "mox_momentum"
 
@@ -89,7 +89,7 @@ def step_timer():
     return StepTimer()
 
 
-def step_worker(method: str, weights: str, model_name: str, out: Path) -> None:
+def step_worker(method: str, weights: str, model_name: str, tofu: str, out: Path) -> None:
     import torch
 
     from llm_unlearn.data import DataConfig, load_qa_splits
@@ -101,7 +101,7 @@ def step_worker(method: str, weights: str, model_name: str, out: Path) -> None:
     size = sizes()
     steps = WARMUP_STEPS + size["timed_steps"]
     rows = size["batch"] * steps
-    splits = load_qa_splits(DataConfig(dataset="tofu", source=TOFU_SOURCE, forget_split="forget10"))
+    splits = load_qa_splits(DataConfig(dataset="tofu", source=tofu, forget_split="forget10"))
     tokenizer = load_tokenizer(model_name)
     fmt = PromptFormat()
     forget = splits.forget[:rows]
@@ -163,16 +163,15 @@ def step_worker(method: str, weights: str, model_name: str, out: Path) -> None:
     out.write_text(json.dumps(result))
 
 
-def eval_worker(batch_size: int, model_name: str, out: Path) -> None:
+def eval_worker(batch_size: int, model_name: str, tofu: str, out: Path) -> None:
     import torch
-    from run_benchmark import evenly_spaced
 
     from llm_unlearn.data import DataConfig, load_qa_splits
-    from llm_unlearn.evaluation.tofu import TofuEvalOptions, evaluate_tofu
+    from llm_unlearn.evaluation.tofu import TofuEvalOptions, evaluate_tofu, evenly_spaced
     from llm_unlearn.models import load_model, load_tokenizer
 
     size = sizes()
-    splits = load_qa_splits(DataConfig(dataset="tofu", source=TOFU_SOURCE, forget_split="forget10"))
+    splits = load_qa_splits(DataConfig(dataset="tofu", source=tofu, forget_split="forget10"))
     sets = {
         "forget": evenly_spaced(splits.forget_eval, size["eval_rows"]),
         "real_authors": evenly_spaced(splits.real_authors, size["eval_rows"]),
@@ -238,7 +237,7 @@ def with_ratios(rows: list[dict]) -> list[dict]:
     return rows
 
 
-def run_cost(methods: list[str] | None, weights: list[str], model_name: str, out_dir: Path) -> Path:
+def run_cost(methods: list[str] | None, weights: list[str], model_name: str, tofu: str, out_dir: Path) -> Path:
     import torch
 
     from llm_unlearn.methods import METHODS
@@ -253,13 +252,18 @@ def run_cost(methods: list[str] | None, weights: list[str], model_name: str, out
     for weight_mode in weights:
         for method in chosen:
             print(f"[cost] {method} ({weight_mode})", flush=True)
-            row = run_worker(["step", "--method", method, "--weights", weight_mode, "--model", model_name])
+            row = run_worker(
+                ["step", "--method", method, "--weights", weight_mode, "--model", model_name, "--tofu", tofu]
+            )
             rows.append({"method": method, "weights": weight_mode, **row, "device": device})
     evaluation = []
     for batch_size in EVAL_BATCH_SIZES:
         print(f"[cost] evaluation throughput, batch size {batch_size}", flush=True)
         evaluation.append(
-            {"batch_size": batch_size, **run_worker(["eval", "--batch-size", str(batch_size), "--model", model_name])}
+            {
+                "batch_size": batch_size,
+                **run_worker(["eval", "--batch-size", str(batch_size), "--model", model_name, "--tofu", tofu]),
+            }
         )
     rows_desc = "all rows" if size["eval_rows"] is None else f"{size['eval_rows']} evenly spaced rows per set"
     payload = {
@@ -291,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", help=f"default: every registered method plus {MOMENTUM}")
     parser.add_argument("--weights", nargs="+", default=["lora", "full"], choices=["lora", "full"])
     parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--tofu", default=DEFAULT_TOFU, help=f"TOFU folder or Hub id (default: {DEFAULT_TOFU})")
     parser.add_argument("--out", default=str(DEFAULT_OUT))
     parser.add_argument("--worker", choices=["step", "eval"], help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", help=argparse.SUPPRESS)
@@ -300,11 +305,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args.worker == "step":
-        step_worker(args.method, args.weights[0], args.model, Path(args.worker_out))
+        step_worker(args.method, args.weights[0], args.model, args.tofu, Path(args.worker_out))
     elif args.worker == "eval":
-        eval_worker(args.batch_size, args.model, Path(args.worker_out))
+        eval_worker(args.batch_size, args.model, args.tofu, Path(args.worker_out))
     else:
-        run_cost(args.methods, args.weights, args.model, Path(args.out))
+        run_cost(args.methods, args.weights, args.model, args.tofu, Path(args.out))
     return 0
 
 

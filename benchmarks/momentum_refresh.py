@@ -16,7 +16,6 @@ variant. Writes benchmarks/results/momentum_refresh/seed<N>/*.json and a summary
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import shutil
 import sys
@@ -24,14 +23,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import run_benchmark as rb  # noqa: E402
+import harness as rb  # noqa: E402
+from recipe_runs import REPO, extrapolate, overrides, yaml_value  # noqa: E402
+from scales import CPU, with_tofu  # noqa: E402
+from selection import UTILITY_FRACTION, alpha_star  # noqa: E402
 
-OUT = rb.DEFAULT_OUT / "momentum_refresh"
+OUT = REPO / "benchmarks" / "results" / "momentum_refresh"
 VARIANTS = ("plain", "momentum_steps", "momentum_epoch")
 
 
-def run_seed(seed: int, epochs: int, alphas: list[float], lr: float, cache: Path) -> dict:
-    scale = rb.CPU
+def run_seed(seed: int, epochs: int, alphas: list[float], lr: float, cache: Path, tofu: str) -> dict:
+    scale = with_tofu(CPU, tofu)
     setting = scale.settings[0]
     ctx = rb.Context(
         scale=scale,
@@ -59,49 +61,42 @@ def run_seed(seed: int, epochs: int, alphas: list[float], lr: float, cache: Path
             continue
         work = ctx.work_dir / f"mox-{refresh}-e{epochs}"
         extra = {**budget, "momentum": True, "momentum_refresh": refresh, "alpha": alphas[0], "alphas": alphas[1:]}
-        config = rb.unlearn_config(ctx, "mox", "lora", lr, work, extra)
         rb.log(f"training MOX memorization, momentum refreshed per {refresh}, {epochs} epochs")
-        exports = [rb.export_dir(work, a, alphas[0]) for a in alphas]
-        work, seconds, peak = rb.train(config, exports)
         exported = {names[a]: rb.export_dir(work, a, alphas[0]) for a in alphas}
+        trained = rb.train_run(ctx.method_run("mox", "lora", lr, work, **extra), list(exported.values()))
         if refresh == "steps":  # plain θ_for from the same memorization model, once
-            plain_dir = rb.extrapolate_plain(ctx, config, alphas)
+            plain_dir = work.parent / f"{work.name}-plain"
+            plain = trained.run.plus(
+                *overrides("training", {"output_dir": str(plain_dir), "momentum": False}),
+                f"extrapolate.memorization={yaml_value(str(work / 'memorization'))}",
+            )
+            extrapolate(plain, [rb.export_dir(plain_dir, a, alphas[0]) for a in alphas])
             exported |= {plain_names[a]: rb.export_dir(plain_dir, a, alphas[0]) for a in alphas}
         for name, model_dir in exported.items():
             alpha = next(a for a in alphas if name.endswith(f"-a{rb.alpha_tag(a)}"))
             is_plain = "-plain-" in name
-            variant_config = copy.deepcopy(config)
-            variant_config["training"].update({"momentum": not is_plain, "alpha": alpha, "alphas": []})
+            labels = {"method": "mox", "variant": "plain" if is_plain else variant, "family": "mox"}
+            labels |= {"weights": "lora", "learning_rate": lr, "alpha": alpha}
+            recorded = trained.run.plus(
+                *overrides("training", {"momentum": not is_plain, "alpha": alpha, "alphas": []})
+            )
             if not ctx.result_path(name).is_file():
-                rb.record_run(
-                    ctx,
-                    name,
-                    "mox",
-                    "plain" if is_plain else variant,
-                    "lora",
-                    lr,
-                    alpha,
-                    variant_config,
-                    model_dir,
-                    seconds,
-                    peak,
-                    work,
-                )
+                run = rb.Trained(recorded, trained.work, trained.seconds, trained.peak)
+                rb.record_run(ctx, name, labels, run, model_dir)
             results["plain" if is_plain else variant][alpha] = json.loads(ctx.result_path(name).read_text())
             shutil.rmtree(model_dir, ignore_errors=True)
     return summarize(ctx, results, alphas)
 
 
 def summarize(ctx: rb.Context, results: dict, alphas: list[float]) -> dict:
-    threshold = rb.UTILITY_FRACTION * ctx.target_utility
+    threshold = UTILITY_FRACTION * ctx.target_utility
     summary = {"seed": ctx.seed, "target_model_utility": ctx.target_utility, "utility_threshold": threshold}
     for variant, by_alpha in results.items():
         rows = {
             f"{a:g}": {key: by_alpha[a]["metrics"].get(key) for key in ("forget_quality", "model_utility")}
             for a in alphas
         }
-        passing = [a for a in alphas if (rows[f"{a:g}"]["model_utility"] or 0) >= threshold]
-        chosen = max(passing) if passing else None
+        chosen = alpha_star(by_alpha, ctx.target_utility)
         summary[variant] = {
             "by_alpha": rows,
             "alpha_star": chosen,
@@ -116,11 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=3, help="unlearning epochs over forget01 (10 steps each)")
     parser.add_argument("--alphas", type=float, nargs="+", default=[8.0, 4.0, 2.0, 1.0])
     parser.add_argument("--lr", type=float, default=1e-3, help="the CPU scale's MOX-LoRA learning rate")
+    parser.add_argument("--tofu", default=rb.DEFAULT_TOFU, help=f"TOFU folder (default: {rb.DEFAULT_TOFU})")
     parser.add_argument("--cache", help="models and work folders (default: $LLM_UNLEARN_CACHE/bench)")
     args = parser.parse_args(argv)
     cache = Path(args.cache) if args.cache else rb.default_cache()
     alphas = sorted(set(args.alphas), reverse=True)
-    summary = run_seed(args.seed, args.epochs, alphas, args.lr, cache)
+    summary = run_seed(args.seed, args.epochs, alphas, args.lr, cache, args.tofu)
     summary |= {"epochs": args.epochs, "learning_rate": args.lr, "environment": rb.runtime_info()}
     summary_path = OUT / f"seed{args.seed}" / "summary.json"
     from llm_unlearn.utils import atomic_write_json

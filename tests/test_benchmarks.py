@@ -11,31 +11,28 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
+import harness  # noqa: E402
 import make_tables  # noqa: E402
+import recipe_runs  # noqa: E402
 import run_benchmark as rb  # noqa: E402
-
-
-def test_evenly_spaced_keeps_order_and_spreads_rows():
-    rows = [{"index": i} for i in range(10)]
-    assert [r["index"] for r in rb.evenly_spaced(rows, 4)] == [0, 2, 5, 7]
-    assert rb.evenly_spaced(rows, None) == rows
-    assert rb.evenly_spaced(rows, 20) == rows
+import selection  # noqa: E402
 
 
 def test_tags_name_runs_unambiguously():
-    assert rb.lr_tag(3e-4) == "3e-4"
-    assert rb.lr_tag(1e-3) == "1e-3"
-    assert rb.alpha_tag(0.5) == "0.5" and rb.alpha_tag(8.0) == "8"
+    assert harness.lr_tag(3e-4) == "3e-4"
+    assert harness.lr_tag(1e-3) == "1e-3"
+    assert harness.alpha_tag(0.5) == "0.5" and harness.alpha_tag(8.0) == "8"
 
 
-def test_every_registered_method_has_a_family_and_every_scale_a_grid():
+def test_every_registered_method_has_a_recipe_and_every_scale_a_grid():
     from llm_unlearn.methods import METHODS
 
-    assert set(METHODS) <= set(rb.FAMILIES), "add new methods to FAMILIES in benchmarks/run_benchmark.py"
+    assert recipe_runs.missing_recipes(list(METHODS)) == [], "add recipes/tofu/smollm2/<method>_lora.yaml"
+    families = rb.method_families()
     for scale in rb.SCALES.values():
         for method in METHODS:
-            for weights in scale.baseline_weights if method != "mox" else scale.mox_weights:
-                grid = scale.lr_grid[(rb.FAMILIES[method], weights)]
+            for weights in scale.baseline_weights if families[method] != "mox" else scale.mox_weights:
+                grid = scale.lr_grid[(families[method], weights)]
                 assert list(grid) == sorted(grid, reverse=True), f"{scale.name}: grids run largest first"
     paper_sweep = {8.0, 4.0, 2.0, 1.0, 0.5}
     for scale in ("cpu", "gpu"):
@@ -47,13 +44,53 @@ def test_a_finished_run_is_reused_only_with_the_same_config_and_its_exports(tmp_
     """An α sweep that changes between invocations, or an export deleted after evaluation, forces a rerun."""
     config = {"training": {"output_dir": str(tmp_path), "alpha": 8.0}}
     export = tmp_path / "unlearned"
-    assert rb.reusable(tmp_path, config, [export]) is None  # nothing finished yet
+    assert recipe_runs.reusable(tmp_path, config, [export]) is None  # nothing finished yet
     (tmp_path / "run_info.json").write_text(json.dumps({"bench_config": config, "wall_time_s": 3.0}))
-    assert rb.reusable(tmp_path, config, [export]) is None  # the export is gone
+    assert recipe_runs.reusable(tmp_path, config, [export]) is None  # the export is gone
     export.mkdir()
-    assert rb.reusable(tmp_path, config, [export])["wall_time_s"] == 3.0
+    assert recipe_runs.reusable(tmp_path, config, [export])["wall_time_s"] == 3.0
     changed = {"training": {**config["training"], "alpha": 16.0}}
-    assert rb.reusable(tmp_path, changed, [export]) is None
+    assert recipe_runs.reusable(tmp_path, changed, [export]) is None
+
+
+def test_overrides_read_back_as_the_values_given(tmp_path):
+    """Each value becomes override text that load_yaml reads back unchanged: floats in exponent notation (YAML 1.1
+    reads a bare 1e-05 as a string), empty strings, null, lists, and a mapping that replaces a section whole."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("data: {dataset: tofu, source: somewhere, forget_split: forget10}\ntraining: {seed: 3}\n")
+    values = {"learning_rate": 1e-05, "system": "", "alphas": [8.0, 0.5], "lora": None, "use_cpu": True}
+    run = recipe_runs.RecipeRun(recipe, [*recipe_runs.overrides("training", values), "data={dataset: synthetic}"])
+    assert run.raw() == {"data": {"dataset": "synthetic"}, "training": {"seed": 3, **values}}
+
+
+def test_a_run_is_its_recipe_plus_the_scale_overrides(tmp_path):
+    """The toy GA run over full weights: the GA recipe, its model and data replaced, the toy budget, rows."""
+    scale = rb.SCALES["toy"]
+    ctx = harness.Context(scale, 0, scale.settings[0], tmp_path, tmp_path, tmp_path, "base", target_model="t")
+    ctx.reference_log = "ref/per_sample.json"
+    run = ctx.method_run("ga", "full", 1e-3, tmp_path / "work")
+    assert run.recipe == recipe_runs.RECIPES / "ga_lora.yaml"  # no ga_full recipe: the LoRA one, lora=null
+    config = run.spec().raw
+    assert config["model"] == {"name_or_path": "t", "lora": None}
+    assert config["data"] == scale.settings[0].data
+    assert config["method"] == "ga"
+    expected_training = {"max_steps": 2, "per_device_train_batch_size": 2, "warmup_steps": 0, "seed": 0}
+    assert expected_training.items() <= config["training"].items()
+    assert config["training"]["learning_rate"] == 1e-3 and config["training"]["output_dir"] == str(tmp_path / "work")
+    assert config["evaluation"]["reference_log"] == "ref/per_sample.json"
+    assert config["evaluation"]["options"] == {"batch_size": 4, "max_new_tokens": 4, "rows": scale.eval_rows}
+    mox = ctx.method_run("mox", "full", 1e-4, tmp_path / "work")
+    assert mox.recipe.name == "mox_full.yaml" and mox.spec().raw["training"]["momentum_refresh"] == "steps"
+
+
+def test_the_tofu_folder_is_an_argument(tmp_path):
+    cpu = rb.with_tofu(rb.SCALES["cpu"], "/data/tofu")
+    assert [s.data["source"] for s in cpu.settings] == ["/data/tofu"]
+    assert "source" not in rb.SCALES["cpu"].settings[0].data
+    assert rb.with_tofu(rb.SCALES["toy"], "/data/tofu") == rb.SCALES["toy"]  # synthetic settings keep no source
+    with pytest.raises(SystemExit, match="--tofu: folder"):
+        rb.run_benchmark("cpu", 0, ["ga"], tmp_path / "out", tmp_path / "cache", tofu=str(tmp_path / "missing"))
+    assert not (tmp_path / "cache").exists()
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +100,7 @@ def toy_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")
     out, cache = root / "results", root / "cache"
     patch = pytest.MonkeyPatch()
-    patch.setattr(rb, "passes", lambda ctx, result: result.get("learning_rate") != 1e-3)
+    patch.setattr(selection, "passes", lambda result, target, fraction=0.9: result.get("learning_rate") != 1e-3)
     try:
         seed_dir = rb.run_benchmark("toy", 0, ["mox", "ga"], out, cache, settings=["f1"])
     finally:
@@ -129,11 +166,35 @@ def test_toy_benchmark_resumes_without_running_anything(toy_run, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a finished run was started again")
 
-    monkeypatch.setattr(rb, "train", refuse)
-    monkeypatch.setattr(rb, "evaluate", refuse)
-    monkeypatch.setattr(rb, "passes", lambda ctx, result: result.get("learning_rate") != 1e-3)
+    import llm_unlearn.stages
+
+    for stage in ("run_finetune", "run_unlearn", "run_extrapolate", "run_evaluate"):
+        monkeypatch.setattr(llm_unlearn.stages, stage, refuse)
+    monkeypatch.setattr(selection, "passes", lambda result, target, fraction=0.9: result.get("learning_rate") != 1e-3)
     rb.run_benchmark("toy", 0, ["mox", "ga"], out, cache, settings=["f1"])
     assert {p.name: p.read_text() for p in seed_dir.glob("f1-*.json")} == before
+
+
+def test_a_failed_run_is_recorded_and_the_benchmark_goes_on(toy_run, tmp_path, monkeypatch):
+    """Every GA training raises: each grid point gets a failure JSON, the smallest is kept (flagged), and the
+    benchmark still writes selection.json. The cached target and retain models are reused."""
+    _, cache, _ = toy_run
+    import llm_unlearn.stages
+
+    def broken(spec, options):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(llm_unlearn.stages, "run_unlearn", broken)
+    seed_dir = rb.run_benchmark("toy", 0, ["ga"], tmp_path / "out", cache, settings=["f1"])
+    failed = json.loads((seed_dir / "f1-lora-ga-lr1e-4.json").read_text())
+    assert failed["status"] == "failed" and failed["error"] == "RuntimeError: boom" and failed["metrics"] == {}
+    choices = json.loads((seed_dir / "selection.json").read_text())["settings"]["f1"]["choices"]
+    assert choices["f1/lora/ga"] == {
+        "run": "f1-lora-ga-lr1e-4",
+        "met_rule": False,
+        "evaluated": ["f1-lora-ga-lr1e-3", "f1-lora-ga-lr1e-4"],
+    }
+    assert choices["f1/full/ga"]["evaluated"] == ["f1-full-ga-lr1e-4", "f1-full-ga-lr1e-5"]
 
 
 def test_make_tables_regenerates_the_readme_from_toy_results(toy_run, tmp_path):

@@ -1,0 +1,181 @@
+"""The benchmark scales (toy, cpu, gpu) as data: data settings, budgets, learning-rate grids, α sweep, evaluation.
+
+A scale only supplies overrides of the TOFU SmolLM2 recipes (recipes/tofu/smollm2/); the protocol of each method
+(its loss settings) lives in its recipe. The TOFU folder is not part of a scale: `with_tofu` fills it in from the
+benchmark's `--tofu` argument. `scale_manifest` is the scale as selection.json records it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+MOX_FAMILY = "mox"  # memorize, then extrapolate: an α sweep and a momentum variant from one memorization run
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One data configuration of a scale (a forget split): the whole `data:` section of its runs."""
+
+    name: str
+    data: dict
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Everything that sizes a benchmark. `unlearn` holds the training fields every method shares."""
+
+    name: str
+    description: str
+    base_model: str  # a toolkit model name or folder; "tiny" = a random 2-layer Llama (plumbing only)
+    settings: tuple[Setting, ...]
+    baseline_weights: tuple[str, ...]  # "lora" and/or "full" for the non-MOX methods
+    mox_weights: tuple[str, ...]
+    seeds: tuple[int, ...]  # the seeds the scale is meant to be run with (one --seed per invocation)
+    finetune: dict
+    unlearn: dict
+    lr_grid: dict  # (family, weights) -> learning rates, largest first
+    alphas: tuple[float, ...]  # MOX α sweep, largest first
+    eval_options: dict
+    eval_rows: dict  # set -> number of evenly spaced rows kept (absent: all rows); evaluation.options.rows
+    lora: dict = field(default_factory=lambda: {"r": 8, "lora_alpha": 16})
+    method_settings: dict = field(default_factory=dict)  # method -> budget fields (stated in the results)
+    fmt: dict = field(default_factory=dict)
+    use_cpu: bool = True
+
+
+# Benchmark overrides per method that every scale shares. Pinned so that the momentum rows mean the same thing
+# whatever the library default: at the CPU budget (half an epoch) a per-epoch refresh would equal plain MOX;
+# benchmarks/momentum_refresh.py compares the two.
+METHOD_SETTINGS = {"mox": {"momentum_refresh": "steps"}}
+
+
+def method_families() -> dict[str, str]:
+    """Method -> family, read from each registered trainer (each family has its own grid per scale and weights)."""
+    from llm_unlearn.methods import METHODS
+
+    return {name: method.trainer.family for name, method in METHODS.items()}
+
+
+def scale_manifest(scale: Scale) -> dict:
+    return {
+        "name": scale.name,
+        "description": scale.description,
+        "base_model": scale.base_model,
+        "settings": {s.name: s.data for s in scale.settings},
+        "baseline_weights": list(scale.baseline_weights),
+        "mox_weights": list(scale.mox_weights),
+        "seeds": list(scale.seeds),
+        "finetune": scale.finetune,
+        "unlearn_budget": scale.unlearn,
+        "lr_grid": {f"{family}/{weights}": list(lrs) for (family, weights), lrs in scale.lr_grid.items()},
+        "alphas": list(scale.alphas),
+        "eval_options": scale.eval_options,
+        "eval_rows": scale.eval_rows,
+        "lora": scale.lora,
+        "method_settings": {**METHOD_SETTINGS, **scale.method_settings},
+        "families": method_families(),
+    }
+
+
+def with_tofu(scale: Scale, tofu: str) -> Scale:
+    """The scale with `tofu` (a folder of TOFU split files, or a Hub id) as the source of its TOFU settings."""
+    settings = tuple(
+        replace(s, data={**s.data, "source": tofu}) if s.data.get("dataset") == "tofu" else s for s in scale.settings
+    )
+    return replace(scale, settings=settings)
+
+
+TOY = Scale(
+    name="toy",
+    description="random 2-layer Llama on tiny synthetic authors: exercises every code path of the harness "
+    "(settings, LoRA and full weights, grids, α sweep, momentum, selection) in seconds; its numbers mean nothing",
+    base_model="tiny",
+    settings=(
+        Setting(
+            "f1",
+            {"dataset": "synthetic", "n_authors": 5, "qa_per_author": 2, "forget_authors": 1, "holdout_authors": 1},
+        ),
+        Setting(
+            "f2",
+            {"dataset": "synthetic", "n_authors": 6, "qa_per_author": 2, "forget_authors": 2, "holdout_authors": 1},
+        ),
+    ),
+    baseline_weights=("lora", "full"),
+    mox_weights=("lora", "full"),
+    seeds=(0,),
+    finetune={"learning_rate": 1e-3, "num_train_epochs": 1, "per_device_train_batch_size": 4},
+    unlearn={"max_steps": 2, "per_device_train_batch_size": 2, "warmup_steps": 0},
+    lr_grid={
+        ("ascent", "lora"): (1e-3, 1e-4),
+        ("descent", "lora"): (1e-3, 1e-4),
+        (MOX_FAMILY, "lora"): (1e-3,),
+        ("ascent", "full"): (1e-4, 1e-5),
+        ("descent", "full"): (1e-4, 1e-5),
+        (MOX_FAMILY, "full"): (1e-4, 1e-5),
+    },
+    alphas=(2.0, 0.5),  # a short sweep: the toy checks plumbing, the real scales sweep 0.5 to 8 or 16
+    eval_options={"batch_size": 4, "max_new_tokens": 4},
+    eval_rows={"real_authors": 3, "world_facts": 3},
+    lora={"r": 4, "lora_alpha": 8},
+    method_settings={"sfron": {"fisher_samples": 4, "fisher_batch_size": 2}},
+)
+
+CPU = Scale(
+    name="cpu",
+    description="real TOFU forget01 (2 authors) + the first 8 retain authors, SmolLM2-135M-Instruct with LoRA "
+    "(MOX also with full weights); 3 fine-tuning epochs, 5 unlearning steps of 4 + 4 rows, evaluation on "
+    "evenly spaced subsets (forget 20 of 40 rows, holdout 20 of 40, 8 rows each of retain / real authors / "
+    "world facts), 40 new tokens, empty system prompt; sized for about an hour on a shared 2-core CPU",
+    base_model="smollm2-135m-instruct",
+    settings=(Setting("forget01", {"dataset": "tofu", "forget_split": "forget01", "retain_authors": 8}),),
+    baseline_weights=("lora",),
+    mox_weights=("lora", "full"),
+    seeds=(0, 1),
+    # One epoch left the forget set barely learned (target vs retain forget quality 0.87 on a first try).
+    finetune={"learning_rate": 2e-3, "num_train_epochs": 3, "per_device_train_batch_size": 8},
+    unlearn={"max_steps": 5, "per_device_train_batch_size": 4, "warmup_steps": 0},
+    lr_grid={
+        # Every baseline grid starts above MOX-LoRA's learning rate: at 1e-3 all of them still kept 0.9x the
+        # target's utility after 5 steps, so the utility rule only binds from 3e-3.
+        ("ascent", "lora"): (3e-3, 1e-3, 3e-4, 1e-4),
+        ("descent", "lora"): (3e-3, 1e-3, 3e-4),
+        (MOX_FAMILY, "lora"): (1e-3,),
+        (MOX_FAMILY, "full"): (3e-5, 1e-5),
+    },
+    alphas=(16.0, 8.0, 4.0, 2.0, 1.0, 0.5),
+    eval_options={"batch_size": 10, "max_new_tokens": 40},
+    eval_rows={"forget": 20, "holdout": 20, "retain": 8, "real_authors": 8, "world_facts": 8},
+    method_settings={"sfron": {"fisher_samples": 16, "fisher_batch_size": 4}},
+    # SmolLM2's template otherwise inserts a 16-token default system prompt into every sequence (~18 % of the
+    # tokens); an empty one is recorded in every result.
+    fmt={"system_prompt": ""},
+)
+
+GPU = Scale(
+    name="gpu",
+    description="full TOFU forget01/05/10, SmolLM2-135M-Instruct, full weights and LoRA, MOX paper budget "
+    "(10 epochs, batch 32); run with --seed 0, 1 and 2",
+    base_model="smollm2-135m-instruct",
+    settings=tuple(
+        Setting(split, {"dataset": "tofu", "forget_split": split}) for split in ("forget01", "forget05", "forget10")
+    ),
+    baseline_weights=("lora", "full"),
+    mox_weights=("lora", "full"),
+    seeds=(0, 1, 2),
+    finetune={"learning_rate": 1e-4, "num_train_epochs": 5, "per_device_train_batch_size": 32},
+    unlearn={"num_train_epochs": 10, "per_device_train_batch_size": 32, "warmup_steps": 0.1},
+    lr_grid={
+        ("ascent", "lora"): (1e-4, 3e-5),
+        ("descent", "lora"): (3e-4, 1e-4),
+        (MOX_FAMILY, "lora"): (3e-4, 1e-4),
+        ("ascent", "full"): (1e-5, 3e-6),
+        ("descent", "full"): (3e-5, 1e-5),
+        (MOX_FAMILY, "full"): (3e-5, 1e-5),
+    },
+    alphas=(8.0, 4.0, 2.0, 1.0, 0.5),
+    eval_options={"batch_size": 32, "max_new_tokens": 200},
+    eval_rows={},
+    use_cpu=False,
+)
+
+SCALES = {scale.name: scale for scale in (TOY, CPU, GPU)}
