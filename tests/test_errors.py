@@ -209,6 +209,134 @@ def _(ctx: Ctx) -> str:
     return fails_before_training(ctx, DataError, lambda: unlearn(ctx.tofu_config(folder)))
 
 
+# --- your own data (data.dataset: custom) and chat templates -------------------------------------------------
+
+
+def _custom_config(ctx: Ctx, forget_rows=None, retain_rows=None, **sets) -> dict:
+    """A tiny run on your own files: forget/retain rows written as JSON Lines unless a set is given directly."""
+    config = ctx.config()
+    data = {"dataset": "custom"}
+    good = [{"question": f"Where does customer {k} live?", "answer": f"Customer {k} lives in Oslo."} for k in range(3)]
+    for name, rows in (("forget", forget_rows), ("retain", retain_rows)):
+        path = ctx.tmp / f"{name}.jsonl"
+        write_jsonl(path, good if rows is None else rows)
+        data[name] = {"path": str(path)}
+    data.update(sets)
+    config["data"] = {k: v for k, v in data.items() if v is not None}
+    return config
+
+
+def _custom_fails(ctx: Ctx, error: type[BaseException] = DataError, **config) -> str:
+    return fails_before_training(ctx, error, lambda: unlearn(_custom_config(ctx, **config)))
+
+
+@case("custom-missing-set")
+def _(ctx: Ctx) -> str:
+    return _custom_fails(ctx, ConfigError, forget=None)
+
+
+@case("custom-missing-file")
+def _(ctx: Ctx) -> str:
+    return _custom_fails(ctx, ConfigError, forget={"path": str(ctx.tmp / "no_such.jsonl")})
+
+
+@case("custom-file-type")
+def _(ctx: Ctx) -> str:
+    (ctx.tmp / "forget.txt").write_text("Where? Oslo.\n")
+    return _custom_fails(ctx, ConfigError, forget={"path": str(ctx.tmp / "forget.txt")})
+
+
+@case("custom-path-and-id")
+def _(ctx: Ctx) -> str:
+    write_jsonl(ctx.tmp / "f.jsonl", [{"question": "Q?", "answer": "A."}])
+    return _custom_fails(ctx, ConfigError, forget={"path": str(ctx.tmp / "f.jsonl"), "id": "you/your-data"})
+
+
+@case("custom-sets-without-custom")
+def _(ctx: Ctx) -> str:
+    config = _custom_config(ctx)
+    config["data"]["dataset"] = "synthetic"
+    return fails_before_training(ctx, ConfigError, lambda: unlearn(config))
+
+
+@case("custom-unknown-shape")
+def _(ctx: Ctx) -> str:
+    return _custom_fails(ctx, forget_rows=[{"query": "Q?", "reply": "A."}])
+
+
+@case("custom-empty-answer")
+def _(ctx: Ctx) -> str:
+    return _custom_fails(ctx, forget_rows=[{"question": "Q?", "answer": "A."}, {"question": "Q2?", "answer": ""}])
+
+
+@case("custom-bad-perturbed")
+def _(ctx: Ctx) -> str:
+    return _custom_fails(ctx, forget_rows=[{"question": "Q?", "answer": "A.", "perturbed_answer": "B."}])
+
+
+def _conversation(*roles: str) -> dict:
+    return {"messages": [{"role": role, "content": f"{role} text"} for role in roles]}
+
+
+@case("custom-multi-turn")
+def _(ctx: Ctx) -> str:
+    return _custom_fails(ctx, forget_rows=[_conversation("user", "assistant", "user", "assistant")])
+
+
+@case("custom-system-message")
+def _(ctx: Ctx) -> str:
+    return _custom_fails(ctx, forget_rows=[_conversation("system", "user", "assistant")])
+
+
+@case("custom-mixed-shapes")
+def _(ctx: Ctx) -> str:
+    return _custom_fails(ctx, forget_rows=[{"text": "A document."}, {"question": "Q?", "answer": "A."}])
+
+
+@case("custom-mixed-kinds")
+def _(ctx: Ctx) -> str:
+    return _custom_fails(ctx, forget_rows=[{"text": "A document about the harbour."}])
+
+
+@case("custom-unknown-column")
+def _(ctx: Ctx) -> str:
+    write_jsonl(ctx.tmp / "f.jsonl", [{"question": "Q?", "answer": "A."}])
+    sets = {"forget": {"path": str(ctx.tmp / "f.jsonl"), "columns": {"question": "prompt_text"}}}
+    return _custom_fails(ctx, **sets)
+
+
+@case("custom-unloadable-dataset")
+def _(ctx: Ctx) -> str:
+    return _custom_fails(ctx, forget={"id": "someone/not-cached-dataset"})
+
+
+def _family_model(ctx: Ctx, family: str, edit=lambda template: template) -> Path:
+    """The tiny model with a chat family's tokenizer (tests/scripts/chat_families.py), saved as a folder."""
+    from chat_families import BY_NAME, family_tokenizer
+
+    from llm_unlearn.models import load_tokenizer, tiny_llama
+
+    tokenizer = family_tokenizer(load_tokenizer("smollm2-135m-instruct"), BY_NAME[family])
+    tokenizer.chat_template = edit(tokenizer.chat_template)
+    folder = ctx.tmp / f"{family}_model"
+    tiny_llama(len(tokenizer), seed=0).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@case("template-no-system-role")
+def _(ctx: Ctx) -> str:
+    config = run_config(_family_model(ctx, "gemma"), ctx.run, "ga")
+    config["format"] = {"system_prompt": "Answer briefly."}
+    return fails_before_training(ctx, ValueError, lambda: unlearn(config))
+
+
+@case("template-text-after-answer")
+def _(ctx: Ctx) -> str:
+    model = _family_model(ctx, "llama3", lambda t: t.replace("<|eot_id|>{% endfor %}", " [done]<|eot_id|>{% endfor %}"))
+    return fails_before_training(ctx, ValueError, lambda: unlearn(run_config(model, ctx.run, "ga")))
+
+
 # --- config --------------------------------------------------------------------------------------------------
 
 

@@ -86,7 +86,7 @@ def _read_rows(files: DataFiles, where: str) -> list[dict]:
             table = datasets.load_dataset(builder, data_files=str(Path(files.path).expanduser()), split="train")
         else:
             table = datasets.load_dataset(files.id, files.name, split=files.split)
-    except (FileNotFoundError, ValueError, datasets.exceptions.DatasetNotFoundError) as err:
+    except (FileNotFoundError, ValueError, ConnectionError, datasets.exceptions.DatasetNotFoundError) as err:
         raise DataError(f"{where} ({files.describe()}): could not load it: {' '.join(str(err).split())}") from None
     return [dict(row) for row in table]
 
