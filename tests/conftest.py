@@ -63,3 +63,24 @@ def smollm2():
     model = load_model("smollm2-135m-instruct")
     model.eval()
     return model
+
+
+@pytest.fixture()
+def fake_hub(monkeypatch):
+    """A local fake Hub for pushes (tests/hub_server.py); see tests/test_hub.py's docstring for why the offline
+    constant is turned off for the test."""
+    import huggingface_hub
+    from hub_server import FakeHub, loopback_only_client
+    from huggingface_hub import constants
+    from huggingface_hub.utils._http import default_client_factory
+
+    with FakeHub() as hub:
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # see the module docstring
+        monkeypatch.setattr(constants, "ENDPOINT", hub.url)
+        monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+        huggingface_hub.set_client_factory(loopback_only_client)
+        try:
+            yield hub
+        finally:
+            huggingface_hub.set_client_factory(default_client_factory)

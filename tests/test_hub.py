@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from hub_server import FakeHub, loopback_only_client
+from hub_server import FakeHub
 
 from llm_unlearn.hub import HubPushError, InvalidRunFolderError, inspect_run_folder, push_run
 from llm_unlearn.model_card import RunInfoError, build_model_card, load_run_info
@@ -102,24 +102,6 @@ def run_dir(tmp_path, tokenizer, adapter):
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_bytes(b"not for the Hub: " + name.encode())
     return folder
-
-
-@pytest.fixture()
-def fake_hub(monkeypatch):
-    import huggingface_hub
-    from huggingface_hub import constants
-    from huggingface_hub.utils._http import default_client_factory
-
-    with FakeHub() as hub:
-        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # see the module docstring
-        monkeypatch.setattr(constants, "ENDPOINT", hub.url)
-        monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
-        monkeypatch.delenv("HF_TOKEN", raising=False)
-        huggingface_hub.set_client_factory(loopback_only_client)
-        try:
-            yield hub
-        finally:
-            huggingface_hub.set_client_factory(default_client_factory)
 
 
 def test_push_uploads_model_files_and_card_only(run_dir, fake_hub):
