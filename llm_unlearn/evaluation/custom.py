@@ -221,7 +221,9 @@ def evaluate_custom(
             values.update(per_sample_values(name, rows, ("kl",), settings))
         mine[name] = values
     if "kl" in options.metrics and start_model is None and not is_peft_model(model):
-        notes.append("no starting model to compare with (full weights without model.name_or_path): no KL")
+        notes.append(
+            "no starting model to compare with (the evaluated model is model.name_or_path, or none was given): no KL"
+        )
     per_sample = merge_per_sample(gather(mine, state))
     for name, digests in hashes.items():
         per_sample.setdefault(name, {})[HASH_KEY] = digests
