@@ -1,6 +1,7 @@
 """MUSE-News layout loader: the three file formats, name validation, writing and the Hub path."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -90,3 +91,28 @@ def test_hub_id_goes_through_datasets(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     assert load_muse_split("muse-bench/MUSE-News", "privleak", "holdout") == [{"text": "article", "index": 0}]
     assert calls == [("muse-bench/MUSE-News", "privleak", "holdout")]
+
+
+def test_an_evaluation_reads_only_the_evaluation_subsets(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent / "scripts"))
+    from reliability_setup import run_config, save_tiny_model
+
+    from llm_unlearn import stages
+
+    news = make_news(n_forget=2, n_retain=2, n_holdout=2, seed=0)
+    folder = write_muse_folder({k: v for k, v in news.items() if k != "raw"}, tmp_path / "eval_only")
+    assert not (folder / "raw").exists()
+    with pytest.raises(DataError, match="raw/forget not found"):
+        load_muse(str(folder))  # training needs the raw text ...
+    model_dir = save_tiny_model(tmp_path / "model")
+    config = run_config(model_dir, tmp_path / "run", None)
+    config["data"] = {"dataset": "muse", "source": str(folder)}
+    config["evaluation"] = {
+        "model_path": str(model_dir),
+        "output_dir": str(tmp_path / "eval"),
+        "options": {"verbmem_max_new_tokens": 2, "knowmem_max_new_tokens": 2, "batch_size": 4},
+    }
+    out = stages.run_evaluate(stages.parse_config(config), stages.RunOptions())  # ... an evaluation does not
+    assert json.loads((out / "summary.json").read_text())["suite"] == "muse"

@@ -135,17 +135,21 @@ def splits_fingerprint(records: list[dict]) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-def load_text_corpora(config: DataConfig) -> dict[str, dict[str, list[dict]]]:
-    """MUSE-layout data ({subset: {split: records}}) for the text datasets (muse, synthetic_news)."""
-    if config.dataset == "muse":
-        from llm_unlearn.data.muse import MUSE_NEWS_HUB_ID, load_muse
+def load_text_corpora(config: DataConfig, evaluation_only: bool = False) -> dict[str, dict[str, list[dict]]]:
+    """MUSE-layout data ({subset: {split: records}}) for the text datasets (muse, synthetic_news).
+    evaluation_only: only the subsets the MUSE suite reads (not the raw training text), so a folder holding
+    only the evaluation subsets can be evaluated."""
+    from llm_unlearn.data.muse import EVALUATION_SUBSETS, MUSE_NEWS_HUB_ID, load_muse
 
-        return load_muse(config.source or MUSE_NEWS_HUB_ID)
+    subsets = EVALUATION_SUBSETS if evaluation_only else None
+    if config.dataset == "muse":
+        return load_muse(config.source or MUSE_NEWS_HUB_ID, subsets)
     if config.dataset == "synthetic_news":
         from llm_unlearn.data.synthetic_news import make_news
 
         n = config.news_articles
-        return make_news(n_forget=n, n_retain=2 * n, n_holdout=n, seed=config.seed)
+        corpora = make_news(n_forget=n, n_retain=2 * n, n_holdout=n, seed=config.seed)
+        return {name: splits for name, splits in corpora.items() if subsets is None or name in subsets}
     raise DataError(f"data.dataset {config.dataset!r} is a QA dataset; text corpora come from {TEXT_DATASETS}")
 
 

@@ -67,11 +67,19 @@ def load_muse_split(source: str, subset: str, split: str) -> list[dict]:
     return with_index(records)
 
 
-def load_muse(source: str = MUSE_NEWS_HUB_ID) -> dict[str, dict[str, list[dict]]]:
-    """Every subset and split of the layout: {subset: {split: records}}."""
+EVALUATION_SUBSETS = ("knowmem", "verbmem", "privleak")  # what the MUSE suite reads; "raw" is training text
+
+
+def load_muse(
+    source: str = MUSE_NEWS_HUB_ID, subsets: tuple[str, ...] | None = None
+) -> dict[str, dict[str, list[dict]]]:
+    """The splits of `subsets` (default: every subset of the layout): {subset: {split: records}}."""
+    for subset in subsets or ():
+        _check_names(subset)
     return {
         subset: {split: load_muse_split(source, subset, split) for split in splits}
         for subset, splits in MUSE_LAYOUT.items()
+        if subsets is None or subset in subsets
     }
 
 

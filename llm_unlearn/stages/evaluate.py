@@ -58,7 +58,7 @@ def run_evaluate(spec: RunSpec, options: RunOptions) -> Path:
     model_path = _model_path(spec, training)
     eval_options = spec.eval_options()
     out_dir = check_run_dir(settings.output_dir or Path(model_path).parent / "eval", options.overwrite, options.resume)
-    data = TrainingData.load(spec.data)
+    data = TrainingData.load(spec.data, evaluation_only=True)
     tokenizer = load_tokenizer(spec.model.name_or_path)
     model = load_for_eval(spec.model, model_path)
     out_dir = prepare_run_dir(out_dir, options.overwrite, options.resume)  # only once the inputs loaded

@@ -36,12 +36,13 @@ class TrainingData:
     custom: CustomData | None = None
 
     @classmethod
-    def load(cls, config: DataConfig) -> TrainingData:
+    def load(cls, config: DataConfig, evaluation_only: bool = False) -> TrainingData:
+        """evaluation_only: what an evaluation reads (MUSE: not the raw training text)."""
         if config.dataset == "custom":
             sets = {"forget": config.forget, "retain": config.retain, "holdout": config.holdout}
             return cls(config, custom=load_custom(sets))
         if config.dataset in TEXT_DATASETS:
-            return cls(config, corpora=load_text_corpora(config))
+            return cls(config, corpora=load_text_corpora(config, evaluation_only))
         return cls(config, splits=load_qa_splits(config))
 
     @property
