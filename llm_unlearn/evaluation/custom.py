@@ -16,16 +16,15 @@ values in both suites. The metrics are the registry's (registry.py) plus the two
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
 from llm_unlearn.data.collate import LABEL_MODES, PaddingCollator, PromptFormat, prompt_text
 from llm_unlearn.data.utility_sets import make_utility_sets
 from llm_unlearn.evaluation import mia
-from llm_unlearn.evaluation.compute import RowScores, Settings, per_sample_values, requested_scores, summarize
+from llm_unlearn.evaluation.compute import RowScores, Settings, per_sample_values, requested_scores
 from llm_unlearn.evaluation.drift import kl_to_start
-from llm_unlearn.evaluation.logs import HASH_KEY, EvalResult, merge_per_sample, text_hash
+from llm_unlearn.evaluation.logs import EvalResult, text_hash
 from llm_unlearn.evaluation.metrics import harmonic_mean, mean
-from llm_unlearn.evaluation.nonfinite import nonfinite_table
 from llm_unlearn.evaluation.reference import ReferenceLog, as_reference, check_reference, tofu_reference_settings
 from llm_unlearn.evaluation.registry import (
     FORGET,
@@ -37,19 +36,17 @@ from llm_unlearn.evaluation.registry import (
     Report,
     from_aggregates,
     register,
-    summary_direction,
 )
 from llm_unlearn.evaluation.scoring import (
     distributed_state,
     encode_raw_text,
     end_of_turn_ids,
-    gather,
     generate_greedy,
     resolve_format,
     score_sequences,
     shard,
 )
-from llm_unlearn.evaluation.tofu import score_qa_set
+from llm_unlearn.evaluation.tofu import assemble_result, score_qa_set
 from llm_unlearn.models import is_peft_model
 
 CUSTOM_SETS = (FORGET, RETAIN, HOLDOUT, REAL_AUTHORS, WORLD_FACTS)
@@ -224,19 +221,6 @@ def evaluate_custom(
         notes.append(
             "no starting model to compare with (the evaluated model is model.name_or_path, or none was given): no KL"
         )
-    per_sample = merge_per_sample(gather(mine, state))
-    for name, digests in hashes.items():
-        per_sample.setdefault(name, {})[HASH_KEY] = digests
-    metrics, reasons = summarize(per_sample, CUSTOM_SETS, options.metrics, settings, reference)
-    meta = {
-        "options": asdict(options),
-        "data_kind": kind,
-        "label_mode": fmt.label_mode,
-        "prompt_format": fmt.describe(),
-        "prompt_example": prompt_example,
-        "reference_log": str(reference.path) if reference else None,
-        "row_counts": {name: len(records) for name, records in sets.items()},
-        "higher_is_better": {key: summary_direction(key) for key in metrics},
-        "nonfinite_rows": nonfinite_table(per_sample),
-    }
-    return EvalResult("custom", per_sample, metrics, reasons, notes, meta)
+    return assemble_result(
+        "custom", mine, state, hashes, CUSTOM_SETS, options, fmt, prompt_example, reference, notes, data_kind=kind
+    )

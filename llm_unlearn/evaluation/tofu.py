@@ -258,10 +258,19 @@ def evaluate_tofu(
         )
         for name, records in sets.items()
     }
+    return assemble_result("tofu", mine, state, hashes, TOFU_SETS, options, fmt, prompt_example, reference, notes)
+
+
+def assemble_result(
+    suite, mine, state, hashes, suite_sets, options, fmt, prompt_example, reference, notes, **extra_meta
+) -> EvalResult:
+    """Gather every process's per-sample values, key them by question hash, summarize through the registry, and
+    record the settings (the TOFU and custom suites)."""
     per_sample = merge_per_sample(gather(mine, state))
     for name, digests in hashes.items():
         per_sample.setdefault(name, {})[HASH_KEY] = digests
-    metrics, reasons = summarize_tofu(per_sample, options, reference)
+    settings = Settings(min_k=options.min_k, rouge_stemming=options.rouge_stemming)
+    metrics, reasons = summarize(per_sample, suite_sets, options.metrics, settings, reference)
     meta = {
         "options": asdict(options),
         "label_mode": fmt.label_mode,
@@ -269,9 +278,10 @@ def evaluate_tofu(
         # What the model sees before an answer, system prompt included (None keeps the template's default one).
         "prompt_example": prompt_example,
         "reference_log": str(reference.path) if reference else None,
-        "row_counts": {name: len(records) for name, records in sets.items()},
+        "row_counts": {name: len(digests) for name, digests in hashes.items()},
         "higher_is_better": {key: summary_direction(key) for key in metrics},
         # set -> metric -> indices of NaN / inf per-sample values (a diverged model); {} when all are finite.
         "nonfinite_rows": nonfinite_table(per_sample),
+        **extra_meta,
     }
-    return EvalResult("tofu", per_sample, metrics, reasons, notes, meta)
+    return EvalResult(suite, per_sample, metrics, reasons, notes, meta)
