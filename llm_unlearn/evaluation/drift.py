@@ -14,6 +14,7 @@ import torch
 
 from llm_unlearn.data.collate import IGNORE_INDEX, PaddingCollator
 from llm_unlearn.evaluation.scoring import evaluation_mode, model_device
+from llm_unlearn.logits import first_needed, forward_logits
 from llm_unlearn.models import is_peft_model
 
 
@@ -21,8 +22,11 @@ def _labelled_logprobs(model, batch: dict) -> tuple[torch.Tensor, list[int]]:
     """Log-probabilities (labelled tokens of the batch, vocab) at the positions that predict a labelled token,
     and how many belong to each row."""
     device = model_device(model)
-    logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
     selected = batch["labels"][:, 1:].to(device) != IGNORE_INDEX
+    first = first_needed(selected)
+    inputs = {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
+    logits = forward_logits(model, inputs, first)
+    selected = selected[:, first:]
     return torch.log_softmax(logits[:, :-1][selected].double(), dim=-1), selected.sum(dim=1).tolist()
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from llm_unlearn.data.collate import IGNORE_INDEX, PaddingCollator, PromptFormat, encode_qa
+from llm_unlearn.logits import first_needed, forward_logits
 
 
 @dataclass
@@ -98,10 +99,12 @@ def score_batch(
     attention_mask = batch["attention_mask"].to(device)
     labels = batch["labels"].to(device)
     with evaluation_mode(model):
-        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
-        # Position t predicts token t + 1.
+        # Position t predicts token t + 1. The output head runs only from the first position any row scores.
         targets = labels[:, 1:]
         selected = targets != IGNORE_INDEX
+        first = first_needed(selected)
+        logits = forward_logits(model, {"input_ids": input_ids, "attention_mask": attention_mask}, first)
+        selected, targets = selected[:, first:], targets[:, first:]
         counts = selected.sum(dim=1).tolist()
         chosen = logits[:, :-1][selected].float()  # (labelled tokens in the batch, vocab)
         tokens = targets[selected]

@@ -23,7 +23,7 @@ from ..data.collate import IGNORE_INDEX, PairedCollator
 from ..models import is_peft_model
 from ..runs import checkpoint_files, last_checkpoint
 from ..utils import atomic_write_json
-from .losses import forward_logits, sequence_stats, token_kl
+from .losses import first_needed, forward_logits, sequence_stats, token_kl
 from .sharding import gathered_state_dict, has_sharded_parameters
 
 if TYPE_CHECKING:
@@ -223,24 +223,26 @@ class UnlearningTrainer(Trainer):
         self.ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
 
     @torch.no_grad()
-    def reference_logits(self, model, batch: dict) -> torch.Tensor:
+    def reference_logits(self, model, batch: dict, first: int = 0) -> torch.Tensor:
         if self.ref_model is not None:
-            return forward_logits(self.ref_model, batch)
+            return forward_logits(self.ref_model, batch, first)
         unwrapped = self.accelerator.unwrap_model(model)
         if not is_peft_model(unwrapped):
             raise RuntimeError("no reference model was set up for this trainer")
         with unwrapped.disable_adapter():
-            return forward_logits(unwrapped, batch)
+            return forward_logits(unwrapped, batch, first)
 
     # --- loss helpers ------------------------------------------------------------------------------
 
     def stats(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-sample (mean answer-token NLL, summed answer log-prob) from one forward."""
-        per_sample, summed, _ = sequence_stats(forward_logits(model, batch), batch["labels"])
+        first = first_needed(batch["labels"][:, 1:] != IGNORE_INDEX)
+        per_sample, summed, _ = sequence_stats(forward_logits(model, batch, first), batch["labels"][:, first:])
         return per_sample, summed
 
     def ref_stats(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        per_sample, summed, _ = sequence_stats(self.reference_logits(model, batch), batch["labels"])
+        first = first_needed(batch["labels"][:, 1:] != IGNORE_INDEX)
+        per_sample, summed, _ = sequence_stats(self.reference_logits(model, batch, first), batch["labels"][:, first:])
         return per_sample, summed
 
     def nll(self, model, batch: dict) -> torch.Tensor:
@@ -253,8 +255,10 @@ class UnlearningTrainer(Trainer):
         return batch["labels"][:, 1:] != IGNORE_INDEX
 
     def retain_kl(self, model, batch: dict) -> torch.Tensor:
-        ref = self.reference_logits(model, batch)
-        return token_kl(ref, forward_logits(model, batch), self.kl_mask(batch))
+        mask = self.kl_mask(batch)
+        first = first_needed(mask)
+        ref = self.reference_logits(model, batch, first)
+        return token_kl(ref, forward_logits(model, batch, first), mask[:, first:])
 
     def retain_term(self, model, batch: dict, kind: str) -> torch.Tensor:
         if kind == "nll":

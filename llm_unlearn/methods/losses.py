@@ -7,15 +7,18 @@ import torch
 import torch.nn.functional as F
 
 from ..data.collate import IGNORE_INDEX
+from ..logits import first_needed, forward_logits  # noqa: F401 (the methods' forward)
 
 
 def answer_token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-position log p(label) for shifted labels, and the mask of scored positions (labels != -100)."""
+    """Per-position log p(label) for shifted labels, and the mask of scored positions (labels != -100).
+
+    log p = logit[label] - logsumexp(logits): no full-vocabulary log_softmax copy is made."""
     logits = logits[:, :-1].float()
     targets = labels[:, 1:]
     mask = targets != IGNORE_INDEX
     safe = targets.masked_fill(~mask, 0)
-    logp = torch.log_softmax(logits, dim=-1).gather(-1, safe.unsqueeze(-1)).squeeze(-1)
+    logp = logits.gather(-1, safe.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
     return logp * mask, mask
 
 
@@ -39,10 +42,6 @@ def token_kl(ref_logits: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor)
     mask = mask.to(per_token.dtype)
     per_sample = (per_token * mask).sum(-1) / mask.sum(-1).clamp_min(1)
     return per_sample.mean()
-
-
-def forward_logits(model, batch: dict) -> torch.Tensor:
-    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 
 
 def npo_loss(logp: torch.Tensor, ref_logp: torch.Tensor, beta: float) -> torch.Tensor:
