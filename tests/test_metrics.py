@@ -161,7 +161,11 @@ def test_privleak_formula_and_sign():
 
 
 def test_registry_is_complete_and_consistent():
+    import llm_unlearn.evaluation.custom  # noqa: F401 (registers the custom suite's own two metrics)
+
     expected = {
+        "kl_to_start",
+        "general_knowledge",
         "prob",
         "normalized_prob",
         "forget_truth_ratio",

@@ -91,7 +91,7 @@ def test_tofu_span_and_prompt_mismatches_stop_before_scoring(
     def no_scoring(*args, **kwargs):
         raise AssertionError("scored before the reference log was checked")
 
-    monkeypatch.setattr(tofu, "_score_set", no_scoring)
+    monkeypatch.setattr(tofu, "score_qa_set", no_scoring)
     with pytest.raises(ReferenceMismatchError) as err:
         evaluate_tofu(model, tokenizer, TOFU_SETS, TOFU_OPTIONS, fmt, tofu_reference)
     assert message in str(err.value)
