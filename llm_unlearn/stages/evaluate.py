@@ -64,7 +64,8 @@ def run_evaluate(spec: RunSpec, options: RunOptions) -> Path:
     out_dir = prepare_run_dir(out_dir, options.overwrite, options.resume)  # only once the inputs loaded
     eval_data = data.eval_data()
     if spec.suite_name == "custom":
-        eval_data["start_model"] = _start_model(spec, model, model_path)
+        # A second full-weight copy is loaded only when the KL to it is asked for.
+        eval_data["start_model"] = _start_model(spec, model, model_path) if "kl" in eval_options.metrics else None
     set_seed(seed)
     timer, memory = Stopwatch(), PeakMemory()
     summary = run_evaluation(
