@@ -150,3 +150,17 @@ def test_option_errors_are_one_line():
         CustomEvalOptions(metrics=("bleu",))
     with pytest.raises(ValueError, match="prompt_tokens must be at least 1"):
         CustomEvalOptions(prompt_tokens=0)
+
+
+def test_evaluation_during_training_on_your_own_sets(model_dir, tmp_path):
+    config = custom_config(model_dir, tmp_path / "steps", "ga")
+    config["training"]["max_steps"] = 2
+    config["evaluation"].update(every_n_steps=1, during_training_sets=["forget", "retain"])
+    stages.run_unlearn(stages.parse_config(config), stages.RunOptions())
+    rows = [
+        json.loads(line) for line in (tmp_path / "steps" / "eval_steps" / "eval_steps.jsonl").read_text().splitlines()
+    ]
+    assert [row["step"] for row in rows] == [1, 2]
+    # Only forget and retain were scored: no holdout, so no attack AUC; the KL is computed on retain.
+    assert all(row["forget_prob"] is not None and row["mia_min_k_auc"] is None for row in rows)
+    assert all(row["retain_kl_to_start"] > 0 for row in rows)

@@ -94,6 +94,7 @@ class CustomEvalOptions:
     metrics: the groups to run: prob, truth_ratio (when the columns exist), rouge, memorization, mia (needs a
         holdout set), kl (retain), general (the general-knowledge questions).
     general_rows: keep only the first N general-knowledge questions of each kind (None: all).
+    sets: evaluate only these sets (None: all; e.g. [forget, retain] during training).
     """
 
     batch_size: int = 16
@@ -105,9 +106,14 @@ class CustomEvalOptions:
     metrics: tuple[str, ...] = METRIC_GROUPS
     min_k: float = mia.DEFAULT_MIN_K
     general_rows: int | None = None
+    sets: tuple[str, ...] | None = None
 
     def __post_init__(self):
         self.metrics = tuple(self.metrics)
+        if self.sets is not None:
+            self.sets = tuple(self.sets)
+            if unknown := [s for s in self.sets if s not in CUSTOM_SETS]:
+                raise ValueError(f"CustomEvalOptions.sets: unknown {unknown}; choose from {CUSTOM_SETS}")
         if unknown := [m for m in self.metrics if m not in METRIC_GROUPS]:
             raise ValueError(f"CustomEvalOptions.metrics: unknown {unknown}; choose from {METRIC_GROUPS}")
         counts = ("batch_size", "max_new_tokens", "prompt_tokens", "continuation_tokens")
@@ -183,6 +189,8 @@ def evaluate_custom(
     if "general" in options.metrics or "truth_ratio" in options.metrics:
         general = make_utility_sets(seed=0)
         sets.update({name: general[name][: options.general_rows] for name in GENERAL_SETS})
+    if options.sets is not None:
+        sets = {name: rows for name, rows in sets.items() if name in options.sets}
     if HOLDOUT not in sets and "mia" in options.metrics:
         notes.append("no holdout set: no membership inference or privleak")
 
