@@ -72,7 +72,12 @@ class CustomData:
 
     @property
     def has_truth_ratio_columns(self) -> bool:
-        return all(all(key in row for key in OPTIONAL_QA_COLUMNS) for row in self.forget + self.retain)
+        return has_truth_ratio_columns(self.forget + self.retain)
+
+
+def has_truth_ratio_columns(rows: list[dict]) -> bool:
+    """Every row carries paraphrased_answer and perturbed_answer (truth ratio and forget quality can run)."""
+    return all(all(key in row for key in OPTIONAL_QA_COLUMNS) for row in rows)
 
 
 def _read_rows(files: DataFiles, where: str) -> list[dict]:

@@ -18,7 +18,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 
-from llm_unlearn.data.collate import LABEL_MODES, PaddingCollator, PromptFormat, prompt_text
+from llm_unlearn.data.collate import LABEL_MODES, PaddingCollator, PromptFormat, encode_qa, prompt_text
+from llm_unlearn.data.custom import has_truth_ratio_columns
 from llm_unlearn.data.utility_sets import make_utility_sets
 from llm_unlearn.evaluation import mia
 from llm_unlearn.evaluation.compute import RowScores, Settings, per_sample_values, requested_scores
@@ -160,8 +161,6 @@ def _score_text_set(name, records, model, tokenizer, options, fmt, collator, sto
 
 
 def _kl_items(kind: str, records: list[dict], tokenizer, fmt: PromptFormat) -> list[dict]:
-    from llm_unlearn.data.collate import encode_qa
-
     if kind == "text":
         return [encode_raw_text(tokenizer, r["text"], fmt.max_length) for r in records]
     return [encode_qa(tokenizer, r["question"], r["answer"], fmt) for r in records]
@@ -180,9 +179,7 @@ def evaluate_custom(
     options = options or CustomEvalOptions()
     fmt = resolve_format(fmt, options.label_mode)
     kind, sets = data["kind"], {name: [dict(r) for r in rows] for name, rows in data["sets"].items() if rows}
-    with_columns = kind == "qa" and all(
-        "paraphrased_answer" in r and "perturbed_answer" in r for name in (FORGET, RETAIN) for r in sets.get(name, [])
-    )
+    with_columns = kind == "qa" and has_truth_ratio_columns(sets.get(FORGET, []) + sets.get(RETAIN, []))
     notes = []
     if "truth_ratio" in options.metrics and not with_columns:
         notes.append("no paraphrased_answer / perturbed_answer columns on forget and retain: no truth ratio there")
