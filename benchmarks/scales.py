@@ -109,15 +109,21 @@ TOY = Scale(
         ("ascent", "lora"): (1e-3, 1e-4),
         ("descent", "lora"): (1e-3, 1e-4),
         (MOX_FAMILY, "lora"): (1e-3,),
+        ("representation", "lora"): (1e-3, 1e-4),
         ("ascent", "full"): (1e-4, 1e-5),
         ("descent", "full"): (1e-4, 1e-5),
         (MOX_FAMILY, "full"): (1e-4, 1e-5),
+        ("representation", "full"): (1e-4, 1e-5),
     },
     alphas=(2.0, 0.5),  # a short sweep: the toy checks plumbing, the real scales sweep 0.5 to 8 or 16
     eval_options={"batch_size": 4, "max_new_tokens": 4},
     eval_rows={"real_authors": 3, "world_facts": 3},
     lora={"r": 4, "lora_alpha": 8},
-    method_settings={"sfron": {"fisher_samples": 4, "fisher_batch_size": 2}},
+    method_settings={
+        "sfron": {"fisher_samples": 4, "fisher_batch_size": 2},
+        # The random 2-layer model: RMU's default layer and pattern name SmolLM2's layers 5..7.
+        "rmu": {"layer": 1, "trainable_pattern": r"layers\.[01]\."},
+    },
 )
 
 CPU = Scale(
@@ -141,6 +147,9 @@ CPU = Scale(
         ("descent", "lora"): (3e-3, 1e-3, 3e-4),
         (MOX_FAMILY, "lora"): (1e-3,),
         (MOX_FAMILY, "full"): (3e-5, 1e-5),
+        # RMU trains 3 down-projections' adapters only (not every adapter), and its whole effect must come
+        # within 5 steps: its grid reaches one step above the other baselines'.
+        ("representation", "lora"): (1e-2, 3e-3, 1e-3),
     },
     alphas=(16.0, 8.0, 4.0, 2.0, 1.0, 0.5),
     eval_options={"batch_size": 10, "max_new_tokens": 40},
@@ -168,9 +177,13 @@ GPU = Scale(
         ("ascent", "lora"): (1e-4, 3e-5),
         ("descent", "lora"): (3e-4, 1e-4),
         (MOX_FAMILY, "lora"): (3e-4, 1e-4),
+        # RMU: 10-20x its full-weight rates, as the other families' LoRA grids are.
+        ("representation", "lora"): (1e-3, 3e-4),
         ("ascent", "full"): (1e-5, 3e-6),
         ("descent", "full"): (3e-5, 1e-5),
         (MOX_FAMILY, "full"): (3e-5, 1e-5),
+        # The RMU paper's 5e-5 (Zephyr-7B, three down-projections), and one step below it.
+        ("representation", "full"): (5e-5, 1e-5),
     },
     alphas=(8.0, 4.0, 2.0, 1.0, 0.5),
     eval_options={"batch_size": 32, "max_new_tokens": 200},

@@ -36,6 +36,10 @@ def paired(tokenizer, forget=FORGET, retain=RETAIN, refusal=True, fmt=None, seed
     return PairedDataset(forget_ds, retain_ds, refusal_ds, seed=seed)
 
 
+# Settings the tiny models (2 decoder layers) need where a method's defaults name the real model's layers.
+TINY_MODEL_SETTINGS = {"rmu": {"layer": 1, "trainable_pattern": r"layers\.[01]\."}}
+
+
 def make_trainer(method: str, model, tokenizer, output_dir, ref_model=None, dataset=None, **overrides):
     spec = get_method(method)
     settings = dict(
@@ -49,6 +53,7 @@ def make_trainer(method: str, model, tokenizer, output_dir, ref_model=None, data
         save_strategy="no",
         seed=0,
         disable_tqdm=True,
+        **TINY_MODEL_SETTINGS.get(method, {}),
     )
     settings.update(overrides)
     config = spec.config(**settings)
@@ -59,6 +64,21 @@ def make_trainer(method: str, model, tokenizer, output_dir, ref_model=None, data
         processing_class=tokenizer,
         ref_model=ref_model,
     )
+
+
+def resume_watching_lambda(trainer, checkpoint: str) -> list[float]:
+    """Resume a dual-variable method (`trainer.dual.lam`) from `checkpoint`; returns λ as each step begins."""
+    from transformers import TrainerCallback
+
+    seen: list[float] = []
+
+    class LambdaAtStepBegin(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            seen.append(trainer.dual.lam)
+
+    trainer.add_callback(LambdaAtStepBegin())
+    trainer.train(resume_from_checkpoint=checkpoint)
+    return seen
 
 
 REPO = Path(__file__).resolve().parents[1]

@@ -364,6 +364,18 @@ def _(ctx: Ctx) -> str:
     return fails_before_training(ctx, ConfigError, lambda: unlearn(ctx.config(alpha=0)))
 
 
+@case("rmu-layer-out-of-range")
+def _(ctx: Ctx) -> str:
+    # The tiny model has 2 decoder layers; RMU's default layer 7 is SmolLM2's.
+    return fails_before_training(ctx, ValueError, lambda: unlearn(ctx.config(method="rmu")))
+
+
+@case("rmu-pattern-no-match")
+def _(ctx: Ctx) -> str:
+    config = ctx.config(method="rmu", layer=1, trainable_pattern=r"layers\.1\.attention")
+    return fails_before_training(ctx, ValueError, lambda: unlearn(config))
+
+
 @case("unknown-accelerate-config")
 def _(ctx: Ctx) -> str:
     assert accelerate_config_path("cpu_2proc").name == "cpu_2proc.yaml"  # a valid name resolves

@@ -30,7 +30,7 @@ from llm_unlearn import stages  # noqa: E402
 from llm_unlearn.model_card import build_model_card  # noqa: E402
 from llm_unlearn.runs import RunInfo  # noqa: E402
 
-FAMILIES = {"ascent", "descent", "mox"}
+FAMILIES = {"ascent", "descent", "mox", "representation"}
 
 
 # --- every registered method ---------------------------------------------------------------------------------
@@ -65,6 +65,8 @@ def test_registered_metadata_matches_what_the_cards_and_benchmark_always_said():
         "ungrad": "ascent",
         "pcgrad": "ascent",
         "sfron": "ascent",
+        "rmu": "representation",
+        "pdu": "ascent",
     }
     assert {name: method.trainer.family for name, method in METHODS.items()} == families
     assert all(method.trainer.tags == (name,) for name, method in METHODS.items())

@@ -3,8 +3,9 @@
 so the comparison is between weights that changed.
 
 For `ungrad` and `pcgrad` this only holds when the per-loss gradients are averaged over processes *before* the inner products.
-`eupmu` (λ from retain losses averaged over processes) and `sfron` (Fisher sharded over processes, forget
-gradient averaged by hand) are checked the same way.
+`eupmu` and `pdu` (λ from retain losses averaged over processes), `sfron` (Fisher sharded over processes, forget
+gradient averaged by hand) and `rmu` (a forward that stops at its layer inside the DDP wrapper) are checked the
+same way.
 """
 
 import sys
@@ -40,7 +41,15 @@ def test_two_processes_match_one_process_with_double_batch(tmp_path):
             assert single["logged"]["grad_dot"] < 0
         if method == "ungrad":
             assert single["logged"]["ungrad_lambda"] > 0
-        logged = ("grad_dot", "forget_grad_norm", "retain_grad_norm", "ungrad_lambda", "eupmu_lambda", "retain_change")
+        logged = (
+            "grad_dot",
+            "forget_grad_norm",
+            "retain_grad_norm",
+            "ungrad_lambda",
+            "eupmu_lambda",
+            "retain_change",
+            "pdu_lambda",
+        )
         for key in (*logged, "saliency_fraction", "forget_weighted_ga"):
             if key in single["logged"]:
                 a, b = single["logged"][key], double["logged"][key]

@@ -7,9 +7,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from helpers import FORGET, make_trainer, paired
+from helpers import FORGET, make_trainer, paired, resume_watching_lambda
 from scipy.optimize import minimize
-from transformers import TrainerCallback
 
 from llm_unlearn.data.collate import PairedCollator
 from llm_unlearn.methods import METHODS, get_method
@@ -181,14 +180,8 @@ def test_eupmu_lambda_is_restored_on_resume(tokenizer, tmp_path):
     saved = json.loads((tmp_path / "full" / "checkpoint-2" / DualAscentCallback.FILE).read_text())
     assert saved["lambda"] == pytest.approx(lambdas[1], abs=1e-6) and saved["updates"] == 2
 
-    class LambdaAtStepBegin(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kwargs):
-            seen.append(resumed.dual.lam)
-
-    seen = []
     resumed = make_trainer("eupmu", lora_model(tokenizer), tokenizer, tmp_path / "full", **settings)
-    resumed.add_callback(LambdaAtStepBegin())
-    resumed.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-2"))
+    seen = resume_watching_lambda(resumed, str(tmp_path / "full" / "checkpoint-2"))
     assert seen[0] == pytest.approx(lambdas[1], abs=1e-6)  # λ at the start of step 3 is the saved one
     assert resumed.dual.lam == pytest.approx(full.dual.lam, rel=1e-4, abs=1e-6)
 

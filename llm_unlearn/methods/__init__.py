@@ -9,6 +9,8 @@ from .grad_ascent import GAConfig, GATrainer, GradDiffConfig, GradDiffTrainer
 from .idk import IdkConfig, IdkTrainer
 from .mox import MOXConfig, MOXTrainer
 from .npo import NPOConfig, NPOTrainer, SimNPOConfig, SimNPOTrainer
+from .pdu import PDUConfig, PDUTrainer
+from .rmu import RMUConfig, RMUTrainer
 from .sfron import SFROnConfig, SFROnTrainer
 from .surgery import EUPMUConfig, EUPMUTrainer, PCGradConfig, PCGradTrainer, UnGradConfig, UnGradTrainer
 from .task_vector import TaskVectorConfig, TaskVectorTrainer
@@ -35,6 +37,8 @@ METHODS: dict[str, Method] = {
     "ungrad": Method(UnGradConfig, UnGradTrainer),
     "pcgrad": Method(PCGradConfig, PCGradTrainer),
     "sfron": Method(SFROnConfig, SFROnTrainer),
+    "rmu": Method(RMUConfig, RMUTrainer),
+    "pdu": Method(PDUConfig, PDUTrainer),
 }
 
 

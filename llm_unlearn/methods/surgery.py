@@ -24,16 +24,13 @@ the step one process takes with batch N·b. The Trainer's `max_grad_norm` clip t
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal, get_args
 
 import torch
-from transformers import TrainerCallback
 
-from ..utils import atomic_write_json
 from .base import RetainLossField, UnlearnConfig, UnlearningTrainer, check_choice
+from .dual import DualSettingsCheck, DualVariableCallback
 from .gradients import all_reduce_mean, move_grads_into, refuse_sharded_gradients, trainable_parameters, write_grads
 from .losses import npo_loss
 
@@ -130,7 +127,7 @@ class BoundedForgetFields:
 
 
 @dataclass
-class EUPMUConfig(RetainLossField, BoundedForgetFields, UnlearnConfig):
+class EUPMUConfig(DualSettingsCheck, RetainLossField, BoundedForgetFields, UnlearnConfig):
     """Implicit unilateral surgery: minimize ℓ_f + λ·ℓ_r, λ ≥ 0 by dual ascent on the retain-loss change."""
 
     lambda_init: float = field(default=1.0, metadata={"help": "λ0, the initial retain weight (≥ 0)."})
@@ -153,13 +150,6 @@ class EUPMUConfig(RetainLossField, BoundedForgetFields, UnlearnConfig):
             "so δ is noisier) as the 'after' value."
         },
     )
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.lambda_init < 0:
-            raise ValueError(f"lambda_init must be >= 0, not {self.lambda_init}")
-        if self.dual_step < 0:
-            raise ValueError(f"dual_step must be >= 0, not {self.dual_step}")
 
 
 class EUPMUTrainer(UnlearningTrainer):
@@ -187,7 +177,7 @@ class EUPMUTrainer(UnlearningTrainer):
         return loss
 
 
-class DualAscentCallback(TrainerCallback):
+class DualAscentCallback(DualVariableCallback):
     """Holds EUPMU's λ, updates it after every optimizer step, and saves it with each checkpoint.
 
     Full mode: after the step, ℓ_r is recomputed without grad on the step's (last) retain batch. Fast mode:
@@ -196,11 +186,10 @@ class DualAscentCallback(TrainerCallback):
     """
 
     FILE = "eupmu_dual.json"
+    method = "eupmu"
 
     def __init__(self, trainer: EUPMUTrainer, lam: float):
-        self.trainer = trainer
-        self.lam = float(lam)
-        self.updates = 0
+        super().__init__(trainer, lam)
         self._batch: dict | None = None
         self._before: float | None = None
         self._previous: tuple[float, float] | None = None  # fast mode: (retain loss, lr) of the last step
@@ -208,13 +197,6 @@ class DualAscentCallback(TrainerCallback):
     def observe(self, retain_batch: dict, retain_loss: torch.Tensor) -> None:
         self._batch = retain_batch
         self._before = float(retain_loss.detach())
-
-    def _mean_over_processes(self, *values: float) -> list[float]:
-        accelerator = self.trainer.accelerator
-        if accelerator.num_processes == 1:
-            return list(values)
-        local = torch.tensor(values, dtype=torch.float64, device=self.trainer.args.device)
-        return accelerator.reduce(local, reduction="mean").tolist()
 
     @torch.no_grad()
     def _retain_after_step(self) -> float:
@@ -228,13 +210,13 @@ class DualAscentCallback(TrainerCallback):
             return
         lr = float(self.trainer.optimizer.param_groups[0]["lr"])
         if args.fast:
-            before_now = self._mean_over_processes(self._before)[0]
+            before_now = self.mean_over_processes(self._before)[0]
             measured = None
             if self._previous is not None:
                 measured = (self._previous[0], before_now, self._previous[1])
             self._previous = (before_now, lr)
         else:
-            before, after = self._mean_over_processes(self._before, self._retain_after_step())
+            before, after = self.mean_over_processes(self._before, self._retain_after_step())
             measured = (before, after, lr)
         self._batch, self._before = None, None
         terms = {}
@@ -246,22 +228,11 @@ class DualAscentCallback(TrainerCallback):
         self.trainer.record(eupmu_lambda=self.lam, eupmu_eps=args.retain_tolerance, **terms)
 
     def checkpoint_payload(self) -> dict:
-        return {"lambda": self.lam, "updates": self.updates, "previous": self._previous}
+        return {**super().checkpoint_payload(), "previous": self._previous}
 
-    def on_save(self, args, state, control, **kwargs):
-        if self.trainer.accelerator.is_main_process:
-            atomic_write_json(
-                Path(args.output_dir) / f"checkpoint-{state.global_step}" / self.FILE, self.checkpoint_payload()
-            )
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        if state.global_step > 0:  # resuming: the Trainer restored state from checkpoint-<step>
-            path = Path(args.output_dir) / f"checkpoint-{state.global_step}" / self.FILE
-            if not path.is_file():
-                raise FileNotFoundError(f"resuming eupmu needs λ from {path}; it was not saved with the checkpoint")
-            saved = json.loads(path.read_text())
-            self.lam, self.updates = float(saved["lambda"]), int(saved["updates"])
-            self._previous = tuple(saved["previous"]) if saved["previous"] is not None else None
+    def restore(self, saved: dict) -> None:
+        super().restore(saved)
+        self._previous = tuple(saved["previous"]) if saved["previous"] is not None else None
 
 
 # --- ungrad and pcgrad: explicit surgery with two backwards -----------------------------------------------
