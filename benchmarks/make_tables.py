@@ -105,6 +105,74 @@ def load_cost(results: Path) -> dict | None:
     return json.loads(file.read_text()) if file.is_file() else None
 
 
+def load_exports(results: Path) -> dict | None:
+    file = results / "cost" / "exports.json"
+    return json.loads(file.read_text()) if file.is_file() else None
+
+
+def fmt_mb(size: int) -> str:
+    return f"{size / 1e6:.1f}"
+
+
+def exports_section(exports: dict | None) -> list[str]:
+    """benchmarks/export_cost.py: LoRA extrapolation at Llama-2-7B shapes, disk size of full-weight exports."""
+    if not exports:
+        return ["_No export results yet: run `python benchmarks/export_cost.py`._", ""]
+    lora = exports["lora_llama2_7b"]
+    lines = [f"{exports.get('description', '')} (α = {exports.get('alpha')}).", ""]
+    rows = [
+        [
+            str(row["rank"]),
+            f"{row['adapter_params'] / 1e6:.1f} M",
+            fmt_number(row["scale_s"]),
+            fmt_number(row["verify_s"]),
+            fmt_number(row["extrapolate_and_verify_s"]),
+            fmt_number(row["write_s"]),
+            fmt_mb(row["adapter_bytes"]),
+            fmt_number(row["previous_full_delta_check_32_layers_s_estimate"]),
+        ]
+        for row in lora["ranks"]
+    ]
+    header = ["LoRA r", "params", "B ← −αB s", "check s", "both s", "write s", "MB", "previous check s (est.)"]
+    lines += table(header, rows)
+    lines += [
+        "",
+        f"Llama-2-7B shapes ({lora['targets']}), random factors, no model. The previous check formed every full-size "
+        "delta B·A; it is timed on one layer and multiplied by 32.",
+        "",
+    ]
+    full = exports["full_weights_smollm2"]
+    alphas = len(full["alphas"])
+    rows = [
+        ["one export, fp32, one file (previous)", fmt_mb(full["export_fp32_one_file_bytes"])],
+        [
+            f"one export, bf16, sharded ({len(full['export_bf16_shards'])} files of ≤ {full['export_bf16_max_shard_size']})",
+            fmt_mb(full["export_bf16_sharded_bytes"]),
+        ],
+        [f"{alphas}-α run before: memorization/ + every α in fp32 (previous)", fmt_mb(full["run_eager_fp32_bytes"])],
+        [
+            f"{alphas}-α run now: memorization/ + unlearned/ + {alphas - 1} lazy α, export_dtype auto "
+            f"(= {full['run_lazy_auto_dtype']} here)",
+            fmt_mb(full["run_lazy_auto_bytes"]),
+        ],
+        ["the same, export_dtype bfloat16", fmt_mb(full["run_lazy_bf16_bytes"])],
+    ]
+    lines += table([f"full weights: {full['model']}", "MB on disk"], rows)
+    lines += [
+        "",
+        f"A lazy α folder holds {full['lazy_folder_bytes']} bytes; materializing one took "
+        f"{fmt_number(full['materialize_one_alpha_s'])} s.",
+        "",
+    ]
+    env = exports.get("environment", {})
+    lines += [
+        f"Measured on: {env.get('device')} ({env.get('cpu_count')} CPUs, {env.get('torch_threads')} torch thread), "
+        f"commit `{env.get('git_commit')}`.",
+        "",
+    ]
+    return lines
+
+
 def fmt_number(value) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "–"
@@ -418,6 +486,7 @@ def render(results: Path, readme_dir: Path, write_plots: bool = True) -> str:
                 lines += [f"![{name}: forget quality vs model utility]({relative.as_posix()})", ""]
     lines += ["### Gradient surgery and SFR-on against GA", ""] + surgery_section(load_surgery(results))
     lines += ["### Cost", ""] + cost_section(cost)
+    lines += ["### Export cost", ""] + exports_section(load_exports(results))
     return "\n".join(lines).rstrip() + "\n"
 
 

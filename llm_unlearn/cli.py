@@ -6,6 +6,7 @@
     llm-unlearn evaluate    recipes/synthetic/evaluate.yaml evaluation.model_path=runs/x/unlearned
     llm-unlearn report      runs/a runs/b --out report/
     llm-unlearn push        runs/x/unlearned --repo-id you/name
+    llm-unlearn materialize runs/x/alpha_8  (writes the full weights of a lazy MOX α folder)
     llm-unlearn methods     (lists the registered methods and their options)
     llm-unlearn demo        (the offline CPU demo: fine-tune, unlearn with MOX/GA/GradDiff, evaluate, report)
 
@@ -73,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--endpoint", default=None, help="Hub endpoint (default: HF_ENDPOINT or huggingface.co)")
     p.add_argument("--revision", default=None, help="existing branch to push to (default: main)")
     p.add_argument("--commit-message", default=None, help="commit message (default: generated)")
+
+    p = sub.add_parser(
+        "materialize",
+        help="write the full weights of lazy MOX α folders (alpha_<a>/ of a full-weight run) in place",
+    )
+    p.add_argument("folders", nargs="+", help="lazy α folders, e.g. runs/x/alpha_8")
 
     sub.add_parser("methods", help="list registered methods and their training options")
 
@@ -167,6 +174,11 @@ def _run(args: argparse.Namespace) -> int:
             print(f"[llm-unlearn] push failed: {err}", file=sys.stderr)
             return 1
         print(f"[llm-unlearn] pushed {args.run_dir} to {url}")
+    elif args.command == "materialize":
+        from .methods.saved import materialize_alpha
+
+        for folder in args.folders:
+            print(f"[llm-unlearn] materialized {materialize_alpha(folder)}", flush=True)
     elif args.command == "methods":
         _print_methods()
     elif args.command == "demo":

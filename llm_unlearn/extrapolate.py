@@ -1,10 +1,13 @@
 """MOX extrapolation through the original model: θ_for = θ_ref + α(θ_ref − θ_mem) = (1+α)θ_ref − αθ_mem.
 
-* Full weights: elementwise in fp32 (a 1e-5 learning rate leaves differences that underflow in bf16).
+* Full weights: elementwise in fp32 (a 1e-5 learning rate leaves differences that underflow in bf16), cast once
+  per tensor to the export dtype (`WeightsFormat`: by default what θ_ref's checkpoint declares) and written as a
+  standard sharded checkpoint by transformers' save_pretrained.
 * LoRA (θ_mem = θ_ref + s·BA): exact with no second model: B ← −α·B (never A and B both: the signs
   cancel, giving +α²). This covers embedding LoRA (delta s·(BA)^T) and `lora_bias` (bias s·b, scaled with B).
   Trained non-LoRA modules (`modules_to_save`) take the full formula.
-  `verify_lora_extrapolation` checks the resulting delta numerically instead of trusting a code path.
+  `verify_lora_extrapolation` checks the resulting delta numerically instead of trusting a code path (on random
+  probe vectors, so a 7B-sized adapter is checked in well under a second).
 * θ_ref is the model with its adapter disabled, so initialisations that rewrite the base weight (PiSSA, OLoRA,
   ...) are refused, as are DoRA and other variants (not linear in B) and factors shared by `ensure_weight_tying`.
 * LoRA on a tied embedding leaves lm_head at θ_ref (peft ties no adapter to it): merged exports are saved untied.
@@ -15,17 +18,84 @@ from __future__ import annotations
 
 import copy
 import json
+import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import torch
 from torch import nn
 
-from .models import is_peft_model
+from .models import EXTRAPOLATION_INFO, is_peft_model
 from .utils import atomic_dir
 
 
 class ExtrapolationError(ValueError):
     pass
+
+
+ExportDtype = Literal["auto", "float32", "bfloat16", "float16"]
+EXPORT_DTYPES: tuple[str, ...] = get_args(ExportDtype)
+# transformers 4's default; transformers 5 writes up to 50GB per file, one file for a 7B model.
+DEFAULT_MAX_SHARD_SIZE = "5GB"
+_SHARD_SIZE = re.compile(r"\d+(\.\d+)?\s*[KMGT]B", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class WeightsFormat:
+    """How full-weight exports are written: `dtype` 'auto' (what θ_ref's checkpoint declares, else its
+    parameters' dtype), float32, bfloat16 or float16; `max_shard_size` the largest safetensors file
+    (save_pretrained's max_shard_size: '5GB', '500MB')."""
+
+    dtype: str = "auto"
+    max_shard_size: str = DEFAULT_MAX_SHARD_SIZE
+
+    def __post_init__(self):
+        if self.dtype not in EXPORT_DTYPES:
+            raise ExtrapolationError(f"export_dtype must be one of {', '.join(EXPORT_DTYPES)}, not {self.dtype!r}")
+        if not (isinstance(self.max_shard_size, str) and _SHARD_SIZE.fullmatch(self.max_shard_size.strip())):
+            raise ExtrapolationError(
+                f"max_shard_size must be a number and a unit KB, MB, GB or TB (e.g. '5GB'), not {self.max_shard_size!r}"
+            )
+
+    def torch_dtype(self, reference: nn.Module) -> torch.dtype:
+        """The dtype to save in; 'auto' reads it from `reference` (θ_ref) with checkpoint_dtype."""
+        return checkpoint_dtype(reference) if self.dtype == "auto" else getattr(torch, self.dtype)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def checkpoint_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype declared by the config.json `model` was loaded from (a folder, or a Hub id's cached files), else
+    the dtype of its floating parameters. The in-memory config cannot tell: loading rewrites it to the load dtype."""
+    source = getattr(getattr(model, "config", None), "_name_or_path", "") or ""
+    declared = _declared_dtype(source) if source else None
+    if declared is not None:
+        return declared
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+
+
+def _declared_dtype(source: str) -> torch.dtype | None:
+    config_file = Path(source).expanduser() / "config.json"
+    if not config_file.is_file():
+        from huggingface_hub import try_to_load_from_cache
+
+        try:
+            cached = try_to_load_from_cache(source, "config.json")
+        except ValueError:  # not a Hub id either
+            return None
+        if not isinstance(cached, str):
+            return None
+        config_file = Path(cached)
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, ValueError):
+        return None
+    name = config.get("dtype") or config.get("torch_dtype")
+    dtype = getattr(torch, name, None) if isinstance(name, str) else None
+    return dtype if isinstance(dtype, torch.dtype) and dtype.is_floating_point else None
 
 
 def check_alpha(alpha: float) -> float:
@@ -44,8 +114,11 @@ def extrapolate_tensor(ref: torch.Tensor, mem: torch.Tensor, alpha: float) -> to
     return ref32 + alpha * (ref32 - mem.detach().float())
 
 
-def extrapolate_state_dict(ref: dict[str, torch.Tensor], mem: dict[str, torch.Tensor], alpha: float) -> dict:
-    """Full-weight extrapolation of two state dicts with the same keys and shapes (fp32 result)."""
+def extrapolate_state_dict(
+    ref: dict[str, torch.Tensor], mem: dict[str, torch.Tensor], alpha: float, dtype: torch.dtype | None = None
+) -> dict:
+    """Full-weight extrapolation of two state dicts with the same keys and shapes: fp32, cast to `dtype` tensor by
+    tensor when given (so a whole fp32 copy of the model never exists at once)."""
     missing = sorted(set(ref) ^ set(mem))
     if missing:
         raise ExtrapolationError(
@@ -57,7 +130,8 @@ def extrapolate_state_dict(ref: dict[str, torch.Tensor], mem: dict[str, torch.Te
         if ref_value.shape != mem[name].shape:
             raise ExtrapolationError(f"{name}: shape {tuple(ref_value.shape)} vs {tuple(mem[name].shape)}")
         if ref_value.is_floating_point():
-            out[name] = extrapolate_tensor(ref_value, mem[name], alpha)
+            value = extrapolate_tensor(ref_value, mem[name], alpha)
+            out[name] = value if dtype is None else value.to(dtype)
         else:
             out[name] = ref_value.clone()
     return out
@@ -225,15 +299,23 @@ def _extrapolated_adapter_entry(key: str, value: torch.Tensor, alpha: float, sav
     )
 
 
+def scale_adapter_state(
+    state: dict[str, torch.Tensor], alpha: float, trained_full: dict | None = None
+) -> dict[str, torch.Tensor]:
+    """The extrapolated adapter from a memorization adapter's state dict (peft save format), tensor by tensor, fp32:
+    B (and lora_bias) scaled by −α, A unchanged, trained full modules ({key: (reference, trained)} in
+    `trained_full`) by the full formula. No model is needed."""
+    trained_full = trained_full or {}
+    return {key: _extrapolated_adapter_entry(key, value, alpha, trained_full) for key, value in state.items()}
+
+
 def extrapolate_adapter_state(peft_model, alpha: float, adapter: str = "default") -> dict[str, torch.Tensor]:
-    """The extrapolated adapter's state dict (peft save format, fp32): B (and lora_bias) scaled by −α,
-    A unchanged, trained full modules by the full formula."""
+    """The extrapolated adapter's state dict of a live PEFT model (scale_adapter_state on its saved state)."""
     from peft import get_peft_model_state_dict
 
     _refuse_unsupported(peft_model, adapter)
     state = get_peft_model_state_dict(peft_model, adapter_name=adapter)
-    saved_full = _modules_to_save(peft_model, adapter)
-    return {key: _extrapolated_adapter_entry(key, value, alpha, saved_full) for key, value in state.items()}
+    return scale_adapter_state(state, alpha, _modules_to_save(peft_model, adapter))
 
 
 def _factor_keys(name: str, module, adapter: str) -> tuple[str, str]:
@@ -242,38 +324,71 @@ def _factor_keys(name: str, module, adapter: str) -> tuple[str, str]:
     return f"{name}.lora_A.weight", f"{name}.lora_B.weight"
 
 
+# Gaussian vectors x (one draw per input size) on which the verification compares B'A'x with −α·BAx: two different
+# products agree on such a vector with probability 0, and no full-size delta (11008×4096 in a 7B MLP) is formed.
+VERIFY_PROBES = 2
+_FACTOR_SUFFIXES = (("lora_A.weight", "lora_B.weight"), ("lora_embedding_A", "lora_embedding_B"))
+
+
+def verify_scaled_factors(
+    old: dict[str, torch.Tensor], new: dict[str, torch.Tensor], alpha: float, atol: float = 1e-5
+) -> float:
+    """Check that every LoRA factor pair in `old` has, in `new`, a product −α × its own (and each lora_bias bias
+    −α × its own), keyed like peft's saved state. Returns the max abs difference; scaling both A and B shows up as
+    +α² and is reported as such. The LoRA scale s multiplies both sides alike, so it is left out."""
+    generator = torch.Generator().manual_seed(0)
+    probes: dict[int, torch.Tensor] = {}  # {input size: (VERIFY_PROBES, size)}, independent of every factor
+    worst = 0.0
+    for a_key in old:
+        suffixes = next(((a, b) for a, b in _FACTOR_SUFFIXES if a_key.endswith(a)), None)
+        if suffixes is None:
+            continue
+        module = a_key[: -len(suffixes[0]) - 1]
+        b_key = f"{module}.{suffixes[1]}"
+        if a_key not in new or b_key not in new:
+            raise ExtrapolationError(f"the extrapolated adapter lacks LoRA weights for {module}")
+        a_old, b_old, a_new, b_new = (
+            t.detach().float().flatten(1) for t in (old[a_key], old[b_key], new[a_key], new[b_key])
+        )
+        if a_old.shape[1] not in probes:
+            probes[a_old.shape[1]] = torch.randn(VERIFY_PROBES, a_old.shape[1], generator=generator)
+        x = probes[a_old.shape[1]]  # a probe per row: (x·Aᵀ)·Bᵀ holds (B·A·x)ᵀ, faster than probes as columns
+        pairs = [((x @ a_new.T) @ b_new.T, (x @ a_old.T) @ b_old.T)]
+        bias_key = f"{module}.lora_B.bias"
+        if bias_key in old:
+            pairs.append((new[bias_key].detach().float(), old[bias_key].detach().float()))
+        for got, before in pairs:
+            worst = max(worst, _check_scaled(module, got, before, alpha, atol))
+    return worst
+
+
+def _check_scaled(module: str, got: torch.Tensor, before: torch.Tensor, alpha: float, atol: float) -> float:
+    expected = -alpha * before
+    diff = float((got - expected).abs().max())
+    if diff > atol * max(1.0, float(expected.abs().max())):
+        ratio = float((got * before).sum() / (before * before).sum().clamp_min(1e-30))
+        hint = (
+            " (= +α²: both A and B were scaled; scale B only)"
+            if abs(ratio - alpha**2) < 1e-3 * max(1, alpha**2)
+            else ""
+        )
+        raise ExtrapolationError(
+            f"{module}: extrapolated delta is {ratio:.4g}× the memorization delta, expected {-alpha:.4g}×{hint}"
+        )
+    return diff
+
+
 def verify_lora_extrapolation(
     peft_model, new_state: dict[str, torch.Tensor], alpha: float, adapter: str = "default", atol: float = 1e-5
 ) -> float:
-    """Check numerically that every module's new delta (and lora_bias) equals −α × the memorization delta.
-
-    Returns the max abs difference. Scaling both A and B shows up as +α²·delta and is reported as such.
-    """
-    worst = 0.0
+    """verify_scaled_factors against the live model's own factors (not the state the new one was built from)."""
+    old = {}
     for name, module in _lora_layers(peft_model, adapter):
         a_key, b_key = _factor_keys(name, module, adapter)
-        if a_key not in new_state or b_key not in new_state:
-            raise ExtrapolationError(f"the extrapolated adapter lacks LoRA weights for {name}")
-        new = _delta_from_factors(module, adapter, new_state[a_key], new_state[b_key])
-        pairs = [(new, lora_delta(module, adapter))]
-        old_bias = lora_bias_delta(module, adapter)
-        if old_bias is not None:
-            pairs.append((new_state[f"{name}.lora_B.bias"].float() * module.scaling[adapter], old_bias))
-        for new, old in pairs:
-            expected = -alpha * old
-            diff = float((new - expected).abs().max())
-            if diff > atol * max(1.0, float(expected.abs().max())):
-                ratio = float((new * old).sum() / (old * old).sum().clamp_min(1e-30))
-                hint = (
-                    " (= +α²: both A and B were scaled; scale B only)"
-                    if abs(ratio - alpha**2) < 1e-3 * max(1, alpha**2)
-                    else ""
-                )
-                raise ExtrapolationError(
-                    f"{name}: extrapolated delta is {ratio:.4g}× the memorization delta, expected {-alpha:.4g}×{hint}"
-                )
-            worst = max(worst, diff)
-    return worst
+        old[a_key], old[b_key] = _factors(module, adapter)
+        if module.lora_bias.get(adapter, False):
+            old[f"{name}.lora_B.bias"] = module.lora_B[adapter].bias
+    return verify_scaled_factors(old, new_state, alpha, atol)
 
 
 def save_adapter_state(
@@ -307,7 +422,13 @@ def save_extrapolated_adapter(peft_model, alpha: float, out_dir, adapter: str = 
     alpha = check_alpha(alpha)
     state = extrapolate_adapter_state(peft_model, alpha, adapter)
     max_err = verify_lora_extrapolation(peft_model, state, alpha, adapter) if verify else None
-    info = {"alpha": alpha, "mode": "lora_scale_b", "formula": "B <- -alpha*B", "verified_max_abs_error": max_err}
+    info = {
+        "alpha": alpha,
+        "mode": "lora_scale_b",
+        "formula": "B <- -alpha*B",
+        "verified_max_abs_error": max_err,
+        "verification": f"B'A'x against -alpha*BAx on {VERIFY_PROBES} Gaussian vectors x",
+    }
     return save_adapter_state(peft_model, state, out_dir, adapter, info=info)
 
 
@@ -321,32 +442,50 @@ def merged_extrapolated_state(peft_model, alpha: float, adapter: str = "default"
     return out
 
 
-def save_model_state(
-    model: nn.Module, state: dict[str, torch.Tensor], out_dir, tokenizer=None, info: dict | None = None
+def save_merged_extrapolation(
+    peft_model, alpha: float, out_dir, tokenizer=None, fmt: WeightsFormat = WeightsFormat(), extra_files=None
 ) -> Path:
-    """Save `state` with `model`'s config as a plain transformers folder (atomically)."""
+    """merged_extrapolated_state written as plain weights (MOX export_mode 'merged')."""
+    state = merged_extrapolated_state(peft_model, alpha)
+    info = {"alpha": alpha, "mode": "lora_merged"}
+    return save_model_state(peft_model, state, out_dir, tokenizer, info, fmt, extra_files=extra_files)
+
+
+def save_model_state(
+    model: nn.Module,
+    state: dict[str, torch.Tensor],
+    out_dir,
+    tokenizer=None,
+    info: dict | None = None,
+    fmt: WeightsFormat = WeightsFormat(),
+    reference: nn.Module | None = None,
+    extra_files: dict[str, bytes] | None = None,
+) -> Path:
+    """Save `state` with `model`'s config as a standard transformers checkpoint, atomically: floating tensors cast
+    to fmt's dtype (for 'auto', what `reference`'s checkpoint declares; default `model`'s base), sharded by
+    save_pretrained at fmt.max_shard_size (model.safetensors, or shards plus model.safetensors.index.json).
+    `info` goes to extrapolation.json with the dtype and shard count; `extra_files` ({name: bytes}) beside."""
     base = model.get_base_model() if is_peft_model(model) else model
+    dtype = fmt.torch_dtype(reference if reference is not None else base)
 
     def write(folder: Path):
-        from safetensors.torch import save_file
-
         tied, untied = _tied_duplicates(base, state)
-        config = base.config
+        weights = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items() if k not in tied}
+        base.save_pretrained(folder, state_dict=weights, max_shard_size=fmt.max_shard_size)
+        # save_pretrained records the in-memory dtype and tying; the checkpoint's own replace them.
+        config = copy.deepcopy(base.config)
+        config.dtype = dtype
         if untied:  # e.g. LoRA on a tied embed_tokens: lm_head stays at θ_ref, so the export needs its own copy
-            config = copy.deepcopy(base.config)
             config.tie_word_embeddings = False
         config.save_pretrained(folder)
-        save_file(
-            {k: v.contiguous() for k, v in state.items() if k not in tied},
-            str(folder / "model.safetensors"),
-            metadata={"format": "pt"},
-        )
-        if getattr(base, "generation_config", None) is not None:
-            base.generation_config.save_pretrained(folder)
         if tokenizer is not None:
             tokenizer.save_pretrained(folder)
         if info is not None:
-            (folder / "extrapolation.json").write_text(json.dumps(info, indent=2, sort_keys=True))
+            shards = len(list(folder.glob("model*.safetensors")))
+            written = {**info, "dtype": dtype_name(dtype), "max_shard_size": fmt.max_shard_size, "shards": shards}
+            (folder / EXTRAPOLATION_INFO).write_text(json.dumps(written, indent=2, sort_keys=True))
+        for name, data in (extra_files or {}).items():
+            (folder / name).write_bytes(data)
 
     return atomic_dir(out_dir, write)
 
@@ -376,11 +515,22 @@ def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v for k, v in model.state_dict().items()}
 
 
-def save_extrapolated_model(ref_model: nn.Module, mem_model: nn.Module, alpha: float, out_dir, tokenizer=None) -> Path:
+def save_extrapolated_model(
+    ref_model: nn.Module,
+    mem_model: nn.Module,
+    alpha: float,
+    out_dir,
+    tokenizer=None,
+    fmt: WeightsFormat = WeightsFormat(),
+    extra_files: dict[str, bytes] | None = None,
+) -> Path:
+    """(1+α)θ_ref − αθ_mem in fp32, cast to fmt's dtype (for 'auto', θ_ref's checkpoint dtype) and saved."""
     alpha = check_alpha(alpha)
-    state = extrapolate_state_dict(model_state(ref_model), model_state(mem_model), alpha)
-    info = {"alpha": alpha, "mode": "full", "formula": "(1+alpha)*theta_ref - alpha*theta_mem (fp32)"}
-    return save_model_state(getattr(mem_model, "module", mem_model), state, out_dir, tokenizer, info)
+    ref_model, mem_model = getattr(ref_model, "module", ref_model), getattr(mem_model, "module", mem_model)
+    dtype = fmt.torch_dtype(ref_model)
+    state = extrapolate_state_dict(model_state(ref_model), model_state(mem_model), alpha, dtype)
+    info = {"alpha": alpha, "mode": "full", "formula": "(1+alpha)*theta_ref - alpha*theta_mem (fp32, then cast)"}
+    return save_model_state(mem_model, state, out_dir, tokenizer, info, fmt, ref_model, extra_files)
 
 
 # --- SVD compression of a full-rank delta (momentum over LoRA) -------------------------------------------

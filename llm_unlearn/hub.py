@@ -3,7 +3,8 @@
 `push_run` checks the folder holds an adapter or model weights, writes README.md (the model card, built from
 the run's own files), then creates the repo and uploads the model files in one commit. Checkpoints, optimizer
 state and anything else the run left beside its final model stay local. On any failure it raises
-`HubPushError` with the exact command to retry; the run folder is never changed beyond README.md.
+`HubPushError` with the exact command to retry; the run folder is never changed beyond README.md, except that a
+lazy MOX α folder is first materialized in place (its full weights written, atomically).
 
 Tests point `endpoint` at a local fake Hub (tests/hub_server.py); nothing here assumes huggingface.co.
 """
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llm_unlearn.model_card import ADAPTER_CONFIG, CARD_NAME, EVAL_SUMMARY, RUN_INFO, load_run_info, write_model_card
+from llm_unlearn.models import is_lazy_alpha_dir
 
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 FULL_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
@@ -63,6 +65,19 @@ def _shards(run_dir: Path, index_name: str) -> list[str]:
     return shards
 
 
+def _check_run_info(run_dir: Path) -> None:
+    if not (run_dir / RUN_INFO).is_file():
+        beside = run_dir.parent / RUN_INFO
+        hint = (
+            f" ({beside} exists one level up: if it describes exactly this model, copy it here)"
+            if beside.is_file()
+            else ""
+        )
+        raise InvalidRunFolderError(
+            f"{run_dir} has no {RUN_INFO}: the model card is built from it, so a push needs it{hint}"
+        )
+
+
 def inspect_run_folder(run_dir: str | os.PathLike) -> RunFolder:
     """Check that `run_dir` holds an adapter or full weights plus run_info.json; list the files to push."""
     run_dir = Path(run_dir)
@@ -92,16 +107,7 @@ def inspect_run_folder(run_dir: str | os.PathLike) -> RunFolder:
             f"{' or '.join(ADAPTER_WEIGHTS)}) or full weights (config.json + {', '.join(FULL_WEIGHTS + SHARD_INDEXES)}). "
             f"Found: {', '.join(sorted(present)) or 'no files'}."
         )
-    if RUN_INFO not in present:
-        beside = run_dir.parent / RUN_INFO
-        hint = (
-            f" ({beside} exists one level up: if it describes exactly this model, copy it here)"
-            if beside.is_file()
-            else ""
-        )
-        raise InvalidRunFolderError(
-            f"{run_dir} has no {RUN_INFO}: the model card is built from it, so a push needs it{hint}"
-        )
+    _check_run_info(run_dir)
     extras = [name for name in (ADAPTER_CONFIG, *MODEL_CONFIGS, *TOKENIZER_FILES, RUN_INFO) if name in present]
     if (run_dir / EVAL_SUMMARY).is_file():
         extras.append(EVAL_SUMMARY)
@@ -183,6 +189,11 @@ def push_run(
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     run_dir = Path(run_dir)
+    if is_lazy_alpha_dir(run_dir):
+        from llm_unlearn.methods.saved import materialize_alpha
+
+        _check_run_info(run_dir)  # before minutes of materializing
+        materialize_alpha(run_dir)
     folder = inspect_run_folder(run_dir)
     try:
         validate_repo_id(repo_id)

@@ -126,6 +126,11 @@ def check_model_source(name_or_path: str, field: str | None = None) -> None:
         return
     path = Path(name_or_path).expanduser()
     if path.is_dir():
+        if is_lazy_alpha_dir(path):
+            raise ModelResolutionError(
+                f"{where}{name_or_path} is a lazy MOX α folder (it names the reference and memorization models but "
+                f"holds no weights): write them with `llm-unlearn materialize {name_or_path}` first"
+            )
         if not any((path / name).is_file() for name in ("config.json", "adapter_config.json")):
             raise ModelResolutionError(
                 f"{where}{name_or_path} holds no config.json: not a saved model folder (save_pretrained writes one)"
@@ -340,6 +345,27 @@ def adapter_base(adapter_dir: str | os.PathLike) -> str | None:
 
 def is_adapter_dir(path: str | os.PathLike) -> bool:
     return (Path(path) / "adapter_config.json").is_file()
+
+
+# A full-weight MOX α beyond the first is written lazily: its folder holds extrapolation.json with
+# "materialized": false (and the run files), and its weights are computed from θ_ref and memorization/ on demand.
+EXTRAPOLATION_INFO = "extrapolation.json"
+
+
+def lazy_alpha_info(path: str | os.PathLike) -> dict | None:
+    """The extrapolation.json of a lazy α folder, or None for any other folder."""
+    file = Path(path) / EXTRAPOLATION_INFO
+    if not file.is_file():
+        return None
+    try:
+        info = json.loads(file.read_text())
+    except ValueError:
+        return None
+    return info if isinstance(info, dict) and info.get("materialized") is False else None
+
+
+def is_lazy_alpha_dir(path: str | os.PathLike) -> bool:
+    return lazy_alpha_info(path) is not None
 
 
 def load_with_adapter(

@@ -31,6 +31,7 @@ from reliability_setup import (  # noqa: E402
 from llm_unlearn import cli, stages  # noqa: E402
 from llm_unlearn.config import ConfigError, accelerate_config_path  # noqa: E402
 from llm_unlearn.data.io import DataError  # noqa: E402
+from llm_unlearn.extrapolate import ExtrapolationError  # noqa: E402
 from llm_unlearn.models import AdapterMismatchError, ModelResolutionError  # noqa: E402
 from llm_unlearn.runs import RunExistsError  # noqa: E402
 
@@ -376,6 +377,16 @@ def _(ctx: Ctx) -> str:
     return fails_before_training(ctx, ValueError, lambda: unlearn(config))
 
 
+@case("export-dtype-unknown")
+def _(ctx: Ctx) -> str:
+    return fails_before_loading(ctx, ConfigError, lambda: unlearn(ctx.config(export_dtype="bf16")))
+
+
+@case("shard-size-invalid")
+def _(ctx: Ctx) -> str:
+    return fails_before_loading(ctx, ConfigError, lambda: unlearn(ctx.config(max_shard_size="5 gigabytes")))
+
+
 @case("unknown-accelerate-config")
 def _(ctx: Ctx) -> str:
     assert accelerate_config_path("cpu_2proc").name == "cpu_2proc.yaml"  # a valid name resolves
@@ -522,6 +533,47 @@ def _(ctx: Ctx) -> str:
     config["extrapolate"] = {"memorization": "./no_such_memorization"}
     spec = stages.parse_config(config)
     return fails_before_loading(ctx, ConfigError, lambda: stages.run_extrapolate(spec, stages.RunOptions()))
+
+
+def _lazy_alpha(ctx: Ctx) -> Path:
+    """A full-weight α sweep's lazy alpha_2/ (memorization = a copy of the tiny model), from a reference copy."""
+    from llm_unlearn.config import ModelConfig
+    from llm_unlearn.methods.saved import extrapolate_saved
+    from llm_unlearn.models import load_tokenizer
+
+    reference = shutil.copytree(ctx.model_dir, ctx.tmp / "reference")
+    sweep = ctx.tmp / "sweep"
+    shutil.copytree(ctx.model_dir, sweep / "memorization")
+    cfg = ModelConfig(name_or_path=str(reference), lora=None)
+    tokenizer = load_tokenizer(str(reference))
+    extrapolate_saved(cfg, str(sweep / "memorization"), [1.0, 2.0], sweep, tokenizer)
+    return sweep / "alpha_2"
+
+
+def _evaluate_lazy(ctx: Ctx, lazy: Path) -> str:
+    config = ctx.config(method=None)
+    config["evaluation"].update(model_path=str(lazy), output_dir=str(ctx.run))
+    return fails_before_loading(ctx, ExtrapolationError, lambda: evaluate(config))
+
+
+@case("lazy-alpha-as-model")
+def _(ctx: Ctx) -> str:
+    config = _with_model(ctx, str(_lazy_alpha(ctx)))
+    return fails_before_loading(ctx, ModelResolutionError, lambda: unlearn(config))
+
+
+@case("lazy-alpha-missing-memorization")
+def _(ctx: Ctx) -> str:
+    lazy = _lazy_alpha(ctx)
+    shutil.rmtree(lazy.parent / "memorization")
+    return _evaluate_lazy(ctx, lazy)
+
+
+@case("lazy-alpha-missing-reference")
+def _(ctx: Ctx) -> str:
+    lazy = _lazy_alpha(ctx)
+    shutil.rmtree(ctx.tmp / "reference")
+    return _evaluate_lazy(ctx, lazy)
 
 
 @case("missing-reference-log")

@@ -439,3 +439,35 @@ def test_card_finds_the_evaluate_stage_default_folder_beside_the_model(tmp_path)
     assert "No evaluation was run" not in card
     for name, value in METRICS.items():
         assert f"| {name} | {value!r} |" in card
+
+
+def test_push_of_a_lazy_alpha_materializes_it_first(tmp_path, tokenizer, fake_hub):
+    """A full-weight MOX α written lazily is materialized in place (bf16, sharded), then pushed like any model."""
+    from transformers import AutoModelForCausalLM
+
+    from llm_unlearn.config import ModelConfig
+    from llm_unlearn.extrapolate import WeightsFormat
+    from llm_unlearn.methods.saved import extrapolate_saved
+
+    ref, mem = tiny_llama(len(tokenizer), seed=0), tiny_llama(len(tokenizer), seed=1)
+    ref.save_pretrained(tmp_path / "ref")
+    mem.save_pretrained(tmp_path / "run" / "memorization")
+    tokenizer.save_pretrained(tmp_path / "run" / "memorization")  # as the trainer saves it
+    cfg = ModelConfig(name_or_path=str(tmp_path / "ref"), lora=None)
+    fmt = WeightsFormat("bfloat16", "100KB")
+    extrapolate_saved(cfg, str(tmp_path / "run" / "memorization"), [1.0, 2.0], tmp_path / "run", tokenizer, fmt=fmt)
+    lazy = tmp_path / "run" / "alpha_2"
+    write_json(lazy / "run_info.json", {**run_info(base_model=str(tmp_path / "ref")), "alpha": 2.0})
+
+    push_run(lazy, REPO_ID, token=TOKEN, endpoint=fake_hub.url)
+
+    received = fake_hub.files(REPO_ID)
+    index = json.loads(received["model.safetensors.index.json"])
+    shards = set(index["weight_map"].values())
+    assert len(shards) > 1 and shards <= set(received)
+    assert {"config.json", "run_info.json", "README.md", "tokenizer.json"} <= set(received)
+    downloaded = fake_hub.write_files(REPO_ID, tmp_path / "downloaded")
+    pushed = AutoModelForCausalLM.from_pretrained(downloaded, dtype="auto").state_dict()
+    for key, r in ref.state_dict().items():  # θ_ref + α(θ_ref − θ_mem) in fp32, then bf16
+        expected = (r + 2.0 * (r - mem.state_dict()[key])).to(torch.bfloat16)
+        assert torch.equal(pushed[key], expected), key

@@ -20,6 +20,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from ..data.collate import IGNORE_INDEX, PairedCollator
+from ..extrapolate import DEFAULT_MAX_SHARD_SIZE, ExportDtype, WeightsFormat
 from ..models import is_peft_model
 from ..runs import checkpoint_files, last_checkpoint
 from ..utils import atomic_write_json
@@ -108,6 +109,30 @@ class RetainLossField:
 @dataclass
 class RetainWeightField:
     retain_weight: float = field(default=1.0, metadata={"help": "c, the weight of the retain term."})
+
+
+@dataclass
+class WeightsExportFields:
+    """How the methods that extrapolate θ_ref write full weights (MOX, task vectors)."""
+
+    export_dtype: ExportDtype = field(
+        default="auto",
+        metadata={
+            "help": "dtype of full-weight exports (computed in fp32): 'auto' = what θ_ref's checkpoint declares "
+            "(its config.json), or float32, bfloat16, float16."
+        },
+    )
+    max_shard_size: str = field(
+        default=DEFAULT_MAX_SHARD_SIZE,
+        metadata={"help": "Largest safetensors file of a full-weight export (e.g. '5GB', '500MB')."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.weights_format()  # refuses a bad dtype or shard size now, not at export
+
+    def weights_format(self) -> WeightsFormat:
+        return WeightsFormat(self.export_dtype, self.max_shard_size)
 
 
 def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

@@ -21,9 +21,9 @@ from transformers import TrainerCallback
 
 from .. import extrapolate as xp
 from ..models import is_peft_model
-from .base import UnlearnConfig, UnlearningTrainer, check_choice
+from .base import UnlearnConfig, UnlearningTrainer, WeightsExportFields, check_choice
 from .losses import npo_loss
-from .saved import export_name, extrapolate_saved, live_extrapolation
+from .saved import export_name, extrapolate_saved, live_extrapolation, write_lazy_alpha
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ MOMENTUM_REFRESHES = ("steps", "epoch")
 
 
 @dataclass
-class MOXConfig(UnlearnConfig):
+class MOXConfig(WeightsExportFields, UnlearnConfig):
     """Memorization fit + extrapolation. Paper defaults: AdamW 1e-5, wd 0.01, batch 32, 10 epochs, 1 warm-up epoch."""
 
     num_train_epochs: float = field(default=10.0, metadata={"help": "Epochs over the forget set (paper: 10)."})
@@ -164,22 +164,48 @@ class MOXTrainer(UnlearningTrainer):
 
     def export(self, run_dir, model_source=None) -> dict[str, dict]:
         """unlearned/ (α = args.alpha), alpha_<a>/ for every other α of args.alphas, and memorization/ (θ_mem,
-        what a later α sweep extrapolates: the extrapolate stage with extrapolate.memorization)."""
+        what a later α sweep extrapolates: the extrapolate stage with extrapolate.memorization). Full weights
+        beyond the first α are lazy folders when `model_source` says where θ_ref loads from (lazy_source)."""
         if self.shards_parameters():
             return self.export_through_saved(run_dir, model_source)
         run_dir = Path(run_dir)
+        memorization = run_dir / "memorization"
         exports = {"unlearned": self.export_unlearned(str(run_dir / "unlearned"))}
+        if self.accelerator.is_main_process:
+            self.save_memorization(str(memorization))
+        lazy_source = self.lazy_source(model_source)
         for i, alpha in enumerate(self.args.all_alphas()[1:], start=1):
             name = export_name(i, alpha)
-            exports[name] = self.export_unlearned(str(run_dir / name), alpha=alpha)
-        if self.accelerator.is_main_process:
-            self.save_memorization(str(run_dir / "memorization"))
+            if lazy_source is None:
+                exports[name] = self.export_unlearned(str(run_dir / name), alpha=alpha)
+            elif self.accelerator.is_main_process:
+                exports[name] = self.write_lazy(run_dir / name, alpha, lazy_source, memorization)
         return exports
+
+    def lazy_source(self, model_source):
+        """`model_source` when later α can be recomputed from θ_ref on disk and memorization/, else None (every α
+        is written now): momentum (its models need the EMA, which is not saved), LoRA adapters (a few MB each),
+        and θ_ref not reloadable as trained (no model_source, an adapter merged in first, a quantized base)."""
+        model = self.accelerator.unwrap_model(self.model)
+        if self.momentum is not None or model_source is None or model_source.adapter or model_source.quantization:
+            return None
+        if is_peft_model(model) and self.args.export_mode == "auto":
+            return None
+        return model_source
+
+    def write_lazy(self, out: Path, alpha: float, model_source, memorization: Path) -> dict:
+        model = self.accelerator.unwrap_model(self.model)
+        merged = is_peft_model(model)
+        reference = model.get_base_model() if merged else self.accelerator.unwrap_model(self.ref_model)
+        fmt = self.args.weights_format()
+        return write_lazy_alpha(out, alpha, model_source, memorization, merged, fmt.torch_dtype(reference), fmt)
 
     @classmethod
     def export_saved(cls, args, trained, run_dir, model_source, tokenizer) -> dict[str, dict]:
         merged = args.export_mode == "merged"
-        return extrapolate_saved(model_source, trained, args.all_alphas(), run_dir, tokenizer, merged=merged)
+        return extrapolate_saved(
+            model_source, trained, args.all_alphas(), run_dir, tokenizer, merged=merged, fmt=args.weights_format()
+        )
 
     def export_unlearned(self, output_dir: str, alpha: float | None = None) -> dict:
         """Write θ_for for `alpha` (default: args.alpha); the momentum model when momentum is on."""
@@ -189,19 +215,17 @@ class MOXTrainer(UnlearningTrainer):
         info: dict = {"alpha": alpha, "momentum": bool(self.momentum)}
         if not self.accelerator.is_main_process:
             return info
+        fmt = self.args.weights_format()
         if self.momentum is not None:
             info.update(self.momentum.export(output_dir, alpha))
         elif is_peft_model(model) and self.args.export_mode == "auto":
             xp.save_extrapolated_adapter(model, alpha, output_dir)
             info["kind"] = "adapter"
         elif is_peft_model(model):
-            state = xp.merged_extrapolated_state(model, alpha)
-            xp.save_model_state(
-                model, state, output_dir, self.processing_class, {"alpha": alpha, "mode": "lora_merged"}
-            )
+            xp.save_merged_extrapolation(model, alpha, output_dir, self.processing_class, fmt)
             info["kind"] = "model"
         else:
-            xp.save_extrapolated_model(self.ref_model, model, alpha, output_dir, self.processing_class)
+            xp.save_extrapolated_model(self.ref_model, model, alpha, output_dir, self.processing_class, fmt)
             info["kind"] = "model"
         if self.processing_class is not None and info.get("kind") == "adapter":
             self.processing_class.save_pretrained(output_dir)
@@ -296,21 +320,21 @@ class MomentumCallback(TrainerCallback):
             "refresh_steps": self.refresh_steps if self.refresh_on == "steps" else None,
             "refreshes": self.refreshes,
         }
+        fmt = trainer.args.weights_format()
         if not is_peft_model(model):
-            ref = xp.model_state(trainer.accelerator.unwrap_model(trainer.ref_model))
+            ref_model = trainer.accelerator.unwrap_model(trainer.ref_model)
+            ref = xp.model_state(ref_model)
             state = {k: (v.float() + alpha * self.buffer[k]) if k in self.buffer else v.float() for k, v in ref.items()}
-            xp.save_model_state(
-                model, state, output_dir, trainer.processing_class, {"alpha": alpha, "mode": "momentum_full", **info}
-            )
+            mode = {"alpha": alpha, "mode": "momentum_full", **info}
+            xp.save_model_state(model, state, output_dir, trainer.processing_class, mode, fmt, ref_model)
             return {**info, "kind": "model"}
         if trainer.args.momentum_export == "merged":
             xp.check_extrapolatable(model, merged=True)
             state = xp.reference_state(model)  # θ_ref as fp32 base weights
             for name, delta in self.buffer.items():
                 state[name] = state[name] + alpha * delta
-            xp.save_model_state(
-                model, state, output_dir, trainer.processing_class, {"alpha": alpha, "mode": "momentum_merged", **info}
-            )
+            mode = {"alpha": alpha, "mode": "momentum_merged", **info}
+            xp.save_model_state(model, state, output_dir, trainer.processing_class, mode, fmt)
             return {**info, "kind": "model"}
         return {**info, **self.export_svd_adapter(model, output_dir, alpha)}
 

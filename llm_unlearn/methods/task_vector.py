@@ -9,12 +9,12 @@ from dataclasses import dataclass, field
 
 from .. import extrapolate as xp
 from ..models import is_peft_model
-from .base import UnlearnConfig, UnlearningTrainer
+from .base import UnlearnConfig, UnlearningTrainer, WeightsExportFields
 from .saved import extrapolate_saved, live_extrapolation
 
 
 @dataclass
-class TaskVectorConfig(UnlearnConfig):
+class TaskVectorConfig(WeightsExportFields, UnlearnConfig):
     alpha: float = field(default=5.0, metadata={"help": "Negation scale α (MUSE tv uses 5)."})
 
     def __post_init__(self):
@@ -48,7 +48,7 @@ class TaskVectorTrainer(UnlearningTrainer):
 
     @classmethod
     def export_saved(cls, args, trained, run_dir, model_source, tokenizer) -> dict[str, dict]:
-        return extrapolate_saved(model_source, trained, [args.alpha], run_dir, tokenizer)
+        return extrapolate_saved(model_source, trained, [args.alpha], run_dir, tokenizer, fmt=args.weights_format())
 
     def export_unlearned(self, output_dir: str, alpha: float | None = None) -> dict:
         alpha, model = live_extrapolation(
@@ -61,5 +61,6 @@ class TaskVectorTrainer(UnlearningTrainer):
             if self.processing_class is not None:
                 self.processing_class.save_pretrained(output_dir)
             return {"alpha": alpha, "kind": "adapter"}
-        xp.save_extrapolated_model(self.ref_model, model, alpha, output_dir, self.processing_class)
+        fmt = self.args.weights_format()
+        xp.save_extrapolated_model(self.ref_model, model, alpha, output_dir, self.processing_class, fmt)
         return {"alpha": alpha, "kind": "model"}

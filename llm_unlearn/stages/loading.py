@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from llm_unlearn.config import ConfigError, ModelConfig
-from llm_unlearn.models import is_adapter_dir, load_model, load_with_adapter, wrap_lora
+from llm_unlearn.models import is_adapter_dir, is_lazy_alpha_dir, load_model, load_with_adapter, wrap_lora
 from llm_unlearn.runs import checkpoint_files, last_checkpoint
 from llm_unlearn.utils import atomic_dir
 
@@ -29,7 +29,13 @@ def build_model(model_cfg: ModelConfig):
 
 
 def load_for_eval(model_cfg: ModelConfig, model_path: str):
-    """A model folder, or an adapter folder applied onto model.name_or_path (checked to match)."""
+    """A model folder, or an adapter folder applied onto model.name_or_path (checked to match). A lazy MOX α
+    folder is materialized into a temporary folder, loaded, and the temporary files removed."""
+    if is_lazy_alpha_dir(model_path):
+        from llm_unlearn.methods.saved import materialized_copy
+
+        with materialized_copy(model_path) as folder:
+            return load_for_eval(model_cfg, str(folder))
     if is_adapter_dir(model_path):
         model = load_with_adapter(
             model_cfg.name_or_path, model_path, dtype=model_cfg.dtype, quantization=model_cfg.quantization

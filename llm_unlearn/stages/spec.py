@@ -24,7 +24,7 @@ from llm_unlearn.config import (
 from llm_unlearn.data import TEXT_DATASETS, DataConfig
 from llm_unlearn.data.collate import PromptFormat
 from llm_unlearn.methods import get_method
-from llm_unlearn.models import check_model_source
+from llm_unlearn.models import check_model_source, is_lazy_alpha_dir
 
 FINETUNE_DEFAULTS = {
     "learning_rate": 2e-4,
@@ -195,3 +195,7 @@ def check_sources(spec: RunSpec, stage: str) -> None:
         _check_folder(spec.extrapolate.memorization, "extrapolate.memorization", "a saved memorization adapter/model")
     if stage == "evaluate" or (stage == "unlearn" and spec.evaluation.every_n_steps > 0):
         check_reference_log(spec.evaluation.reference_log)
+    if stage == "evaluate" and spec.evaluation.model_path and is_lazy_alpha_dir(spec.evaluation.model_path):
+        from llm_unlearn.methods.saved import check_lazy_alpha
+
+        check_lazy_alpha(spec.evaluation.model_path)  # its reference and memorization models, before data loads
