@@ -1,5 +1,7 @@
 """The evaluation's speed work changes no number: shared-prefix scoring equals scoring each sequence alone."""
 
+import math
+
 import pytest
 import torch
 
@@ -84,3 +86,59 @@ def test_a_batch_without_shared_prefixes_is_one_plain_forward(tokenizer, monkeyp
         torch.testing.assert_close(
             torch.tensor(score.token_logprobs, dtype=torch.double), alone(model, item)[0], atol=1e-5, rtol=0
         )
+
+
+def _varied_sets():
+    """TOFU-shaped sets whose questions differ in length, so that ordering by length changes the batches."""
+    from test_eval_suites import tofu_sets
+
+    sets = tofu_sets(forget_names=("Ana Brel", "Tomas Ukko of the Northern Isles", "Lia Fenn", "Bo", "Rui Santos"))
+    sets["forget"][1]["question"] += " Please answer with the city and the year of the writer's birth."
+    return sets
+
+
+@pytest.mark.parametrize("label_mode", ["answer_eot", "open_unlearning"])
+def test_tofu_suite_values_and_generations_are_those_of_plain_scoring(tokenizer, monkeypatch, label_mode):
+    """The whole suite with the speed work (shared prompts, length order) against the same suite scoring each
+    batch whole in the rows' own order: per-sample values equal to 1e-6, generations identical."""
+    import llm_unlearn.evaluation.scoring as scoring
+    import llm_unlearn.evaluation.tofu as tofu
+
+    model = lora(tokenizer)
+    options = tofu.TofuEvalOptions(batch_size=2, max_new_tokens=6, label_mode=label_mode)
+    fast = tofu.evaluate_tofu(model, tokenizer, _varied_sets(), options)
+    with monkeypatch.context() as patch:
+        patch.setattr(scoring, "cache_argument", lambda model: None)
+        patch.setattr(tofu, "length_ordered", lambda records, tokenizer, fmt: list(records))
+        shared = []
+        patch.setattr(scoring, "score_shared_prefixes", lambda *a, **k: shared.append(1))
+        plain = tofu.evaluate_tofu(model, tokenizer, _varied_sets(), options)
+        assert not shared
+    assert fast.per_sample.keys() == plain.per_sample.keys()
+    compared, worst = 0, {}
+    for set_name, columns in plain.per_sample.items():
+        assert columns.keys() == fast.per_sample[set_name].keys(), set_name
+        for column, values in columns.items():
+            for index, value in values.items():
+                got = fast.per_sample[set_name][column][index]
+                numbers = value if isinstance(value, list) else [value]
+                if not all(isinstance(v, float) for v in numbers):
+                    assert got == value, (set_name, column, index)  # generations, hashes: identical
+                    continue
+                got = got if isinstance(got, list) else [got]
+                assert len(got) == len(numbers), (set_name, column, index)
+                for a, b in zip(got, numbers):
+                    compared += 1
+                    if not (math.isnan(a) and math.isnan(b)):
+                        worst[column] = max(worst.get(column, 0.0), abs(a - b) / max(1.0, abs(b)))
+    # Min-K%++ divides by the spread of the model's own log-probabilities, tiny for a near-uniform random model,
+    # so float rounding of the logits (1e-7) grows there; every other value agrees to 1e-6.
+    loose = {"mia_min_k_pp": 1e-4}
+    assert {c: e for c, e in worst.items() if e > loose.get(c, 1e-6)} == {}, worst
+    assert compared > 100
+    assert fast.metrics.keys() == plain.metrics.keys()
+    for key, value in plain.metrics.items():
+        if value is None:
+            assert fast.metrics[key] is None, key
+        else:
+            assert fast.metrics[key] == pytest.approx(value, rel=1e-4, abs=1e-6, nan_ok=True), key

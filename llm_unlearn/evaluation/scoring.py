@@ -129,15 +129,18 @@ def _row_scores(
         needed = torch.repeat_interleave(
             torch.tensor(wanted, device=logprobs.device), torch.tensor(counts, device=logprobs.device)
         )
-        logprobs = logprobs[needed] if not all(wanted) else logprobs
-        probs = logprobs.exp()
+        # float64: sums over the whole vocabulary, which Min-K%++ divides by a small spread, must not depend on
+        # the batch's layout (float32 sums of 49k terms differ in the 5th digit between layouts).
+        precise = torch.float32 if chosen.device.type == "mps" else torch.float64  # MPS has no float64
+        dist_lp = torch.log_softmax((chosen[needed] if not all(wanted) else chosen).to(precise), dim=-1)
+        probs = dist_lp.exp()
         zero = torch.zeros_like(probs)
         # p * log p is 0 where p underflows to 0 (log p may be -inf there).
-        mu = torch.where(probs > 0, probs * logprobs, zero).sum(dim=-1)
-        # Centered second moment: E[lp^2] - mu^2 cancels badly in float32 (mu^2 ~ 100, variance ~ 0.01).
-        centered = torch.where(probs > 0, probs * (logprobs - mu[:, None]).square(), zero)
-        sigma = centered.sum(dim=-1).sqrt()
-        del probs, zero, centered
+        mu = torch.where(probs > 0, probs * dist_lp, zero).sum(dim=-1).float()
+        # Centered second moment: E[lp^2] - mu^2 cancels badly (mu^2 ~ 100, variance ~ 0.01).
+        centered = torch.where(probs > 0, probs * (dist_lp - mu.to(precise)[:, None]).square(), zero)
+        sigma = centered.sum(dim=-1).sqrt().float()
+        del probs, zero, centered, dist_lp
     del logits, chosen, logprobs
     token_lp_rows = token_lp.cpu().split(counts)
     correct_rows = correct.cpu().split(counts)
