@@ -8,7 +8,9 @@ resident set size (os.wait4), on a GPU the allocator's peak (torch.cuda.max_memo
 sees the same batches: TOFU forget10 rows paired with retain90 rows by the toolkit's PairedDataset (same seed).
 The baseline, `finetune`, is a plain fine-tuning step on those batches: one descent step on the answer NLL of
 the forget batch plus the retain batch (two forwards, one backward). Step times are the median over the timed
-steps after a warm-up step. Results: <out>/cost.json (make_tables.py turns them into README tables).
+steps after a warm-up step, with their spread (interquartile range); MOX is also compared with GradDiff, the
+method it costs most like (one more no-grad forward of the retain batch). Results: <out>/cost.json
+(make_tables.py turns them into README tables).
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ MOMENTUM = "mox_momentum"
 
 # Sizes: (batch rows per side, timed steps, eval rows per set, eval new tokens). CPU is subsampled to stay in
 # minutes on a shared 2-core machine; the GPU sizes are the paper-like ones.
-CPU_SIZES = {"batch": 2, "timed_steps": 2, "eval_rows": 6, "eval_new_tokens": 48}
-GPU_SIZES = {"batch": 32, "timed_steps": 5, "eval_rows": None, "eval_new_tokens": 200}
+CPU_SIZES = {"batch": 2, "timed_steps": 10, "eval_rows": 6, "eval_new_tokens": 48}
+GPU_SIZES = {"batch": 32, "timed_steps": 10, "eval_rows": None, "eval_new_tokens": 200}
 WARMUP_STEPS = 1
 EVAL_BATCH_SIZES = (1, 16)  # batch 1 against TofuEvalOptions' default batch size
 
@@ -152,6 +154,7 @@ def step_worker(method: str, weights: str, model_name: str, tofu: str, out: Path
         "weights": weights,
         "step_times_s": [round(t, 3) for t in timer.times],
         "step_time_s": round(statistics.median(timed), 3),
+        "step_time_iqr_s": round(interquartile_range(timed), 3),
         "setup_s": round(timer.begins[0] - start, 2) if timer.begins else None,
         "train_total_s": round(total, 2),
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
@@ -207,6 +210,27 @@ def eval_worker(batch_size: int, model_name: str, tofu: str, out: Path) -> None:
 
 
 # --- orchestration -------------------------------------------------------------------------------------------
+
+
+def interquartile_range(values: list[float]) -> float:
+    if len(values) < 2:
+        return 0.0
+    quartiles = statistics.quantiles(values, n=4, method="inclusive")
+    return quartiles[2] - quartiles[0]
+
+
+def ratio_to(rows: list[dict], method: str, other: str) -> dict:
+    """{weights: {step_time, peak_memory}} of `method` over `other`, for the weight kinds both ran."""
+    ok = {(row["method"], row["weights"]): row for row in rows if row.get("status") == "ok"}
+    out = {}
+    for (name, weights), row in ok.items():
+        base = ok.get((other, weights))
+        if name == method and base is not None:
+            out[weights] = {
+                "step_time": round(row["step_time_s"] / base["step_time_s"], 3),
+                "peak_memory": round(row["peak_memory_mb"] / base["peak_memory_mb"], 3),
+            }
+    return out
 
 
 def run_worker(arguments: list[str]) -> dict:
@@ -268,13 +292,14 @@ def run_cost(methods: list[str] | None, weights: list[str], model_name: str, tof
     rows_desc = "all rows" if size["eval_rows"] is None else f"{size['eval_rows']} evenly spaced rows per set"
     payload = {
         "description": f"{model_name}, {device}, batches of {size['batch']} forget + {size['batch']} retain rows "
-        f"(TOFU forget10 / retain90), median of {size['timed_steps']} steps after {WARMUP_STEPS} warm-up; "
+        f"(TOFU forget10 / retain90), median (IQR) of {size['timed_steps']} steps after {WARMUP_STEPS} warm-up; "
         f"peak memory = {'allocator peak' if device == 'cuda' else 'max RSS of the process'}",
         "model": model_name,
         "sizes": size,
         "baseline": "finetune: plain NLL descent on the same forget + retain batches (2 forwards, 1 backward)",
         "worker_settings": WORKER_SETTINGS,
         "methods": with_ratios(rows),
+        "mox_vs_grad_diff": ratio_to(rows, "mox", "grad_diff"),
         "evaluation": {
             "description": f"TOFU suite on forget10 + real_authors + world_facts ({rows_desc}), "
             f"{size['eval_new_tokens']} new tokens, no MIA/holdout",

@@ -380,6 +380,7 @@ def cost_section(cost: dict | None) -> list[str]:
             row["method"],
             row["weights"],
             fmt_number(row.get("step_time_s")),
+            fmt_number(row.get("step_time_iqr_s")),
             fmt_number(row.get("step_time_ratio")),
             fmt_number(row.get("peak_memory_mb")),
             fmt_number(row.get("peak_memory_ratio")),
@@ -388,9 +389,16 @@ def cost_section(cost: dict | None) -> list[str]:
         for row in cost.get("methods", [])
     ]
     lines += table(
-        ["method", "weights", "s / step", "× fine-tune step", "peak MB", "× fine-tune memory", "status"], rows
+        ["method", "weights", "s / step", "IQR s", "× fine-tune step", "peak MB", "× fine-tune memory", "status"], rows
     )
     lines += [""]
+    against = cost.get("mox_vs_grad_diff") or {}
+    if against:
+        parts = [
+            f"{weights}: step {fmt_number(r['step_time'])}×, peak memory {fmt_number(r['peak_memory'])}×"
+            for weights, r in sorted(against.items())
+        ]
+        lines += ["MOX against GradDiff on the same batches (" + "; ".join(parts) + ").", ""]
     evaluation = cost.get("evaluation")
     if evaluation:
         lines += ["### Evaluation throughput", "", f"{evaluation.get('description', '')}.", ""]

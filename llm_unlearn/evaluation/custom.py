@@ -47,7 +47,7 @@ from llm_unlearn.evaluation.scoring import (
     score_sequences,
     shard,
 )
-from llm_unlearn.evaluation.tofu import assemble_result, score_qa_set
+from llm_unlearn.evaluation.tofu import assemble_result, length_ordered, score_qa_set
 from llm_unlearn.models import is_peft_model
 
 CUSTOM_SETS = (FORGET, RETAIN, HOLDOUT, REAL_AUTHORS, WORLD_FACTS)
@@ -210,8 +210,9 @@ def evaluate_custom(
     for name, records in sets.items():
         groups = _groups(options, name, with_columns)
         scored_groups = tuple(g for g in groups if g != "kl")  # KL needs two models: computed below
-        part = shard(records, state, options.batch_size)
-        if kind == "text" and name not in GENERAL_SETS:
+        text_set = kind == "text" and name not in GENERAL_SETS
+        part = shard(records if text_set else length_ordered(records, tokenizer, fmt), state, options.batch_size)
+        if text_set:
             rows = _score_text_set(name, part, model, tokenizer, options, fmt, collator, stop_ids, scored_groups)
             values = per_sample_values(name, rows, scored_groups, settings)
         else:

@@ -6,7 +6,7 @@ log-probs, per-token argmax-correct flags and, on request, the mean and standard
 the model's own next-token distribution (Min-K%++). It also carries how many trailing labelled tokens are
 end-of-turn tokens rather than answer (`end_tokens`, from `encode_qa`), so that answer-only metrics can leave
 them out. Only labelled positions go through the vocabulary-wide softmax, so memory grows with answer length,
-not prompt length.
+not prompt length. Sequences of a batch that share a prompt run it once (`score_shared_prefixes`).
 
 Generation is greedy with left padding, cut at the first end-of-turn/EOS token and at stop strings.
 
@@ -16,8 +16,10 @@ afterwards (the evaluation callback runs in the middle of training).
 
 from __future__ import annotations
 
+import inspect
 import math
-from collections.abc import Iterator, Sequence
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
@@ -84,48 +86,65 @@ def model_device(model) -> torch.device:
 
 
 def score_batch(
-    model, batch: dict, distribution_stats: bool = False, end_tokens: Sequence[int] | None = None
+    model, batch: dict, distribution_stats: bool | Sequence[bool] = False, end_tokens: Sequence[int] | None = None
 ) -> list[SequenceScore]:
     """One forward over a collated batch (input_ids, attention_mask, labels); one SequenceScore per row.
 
     `end_tokens[i]`: how many of row i's last labelled tokens are end-of-turn tokens, not answer (default 0).
     """
-    rows = batch["labels"].shape[0]
-    end_tokens = [0] * rows if end_tokens is None else [int(n) for n in end_tokens]
-    if len(end_tokens) != rows:
-        raise ValueError(f"score_batch: {len(end_tokens)} end_tokens counts for a batch of {rows} rows")
+    end_tokens = _end_token_counts(batch["labels"].shape[0], end_tokens)
     device = model_device(model)
-    input_ids = batch["input_ids"].to(device)
-    attention_mask = batch["attention_mask"].to(device)
     labels = batch["labels"].to(device)
     with evaluation_mode(model):
         # Position t predicts token t + 1. The output head runs only from the first position any row scores.
-        targets = labels[:, 1:]
-        selected = targets != IGNORE_INDEX
-        first = first_needed(selected)
-        logits = forward_logits(model, {"input_ids": input_ids, "attention_mask": attention_mask}, first)
-        selected, targets = selected[:, first:], targets[:, first:]
-        counts = selected.sum(dim=1).tolist()
-        chosen = logits[:, :-1][selected].float()  # (labelled tokens in the batch, vocab)
-        tokens = targets[selected]
-        logprobs = torch.log_softmax(chosen, dim=-1)
-        token_lp = logprobs.gather(1, tokens[:, None]).squeeze(1)
-        correct = chosen.argmax(dim=-1) == tokens
-        mu = sigma = None
-        if distribution_stats:
-            probs = logprobs.exp()
-            zero = torch.zeros_like(probs)
-            # p * log p is 0 where p underflows to 0 (log p may be -inf there).
-            mu = torch.where(probs > 0, probs * logprobs, zero).sum(dim=-1)
-            # Centered second moment: E[lp^2] - mu^2 cancels badly in float32 (mu^2 ~ 100, variance ~ 0.01).
-            centered = torch.where(probs > 0, probs * (logprobs - mu[:, None]).square(), zero)
-            sigma = centered.sum(dim=-1).sqrt()
-            del probs, zero, centered
-        del logits, chosen, logprobs
+        first = first_needed(labels[:, 1:] != IGNORE_INDEX)
+        inputs = {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
+        logits = forward_logits(model, inputs, first)
+        return _row_scores(logits, labels[:, first:], distribution_stats, end_tokens)
+
+
+def _end_token_counts(rows: int, end_tokens: Sequence[int] | None) -> list[int]:
+    counts = [0] * rows if end_tokens is None else [int(n) for n in end_tokens]
+    if len(counts) != rows:
+        raise ValueError(f"score_batch: {len(counts)} end_tokens counts for a batch of {rows} rows")
+    return counts
+
+
+def _row_scores(
+    logits: torch.Tensor, labels: torch.Tensor, distribution_stats: bool | Sequence[bool], end_tokens: list[int]
+) -> list[SequenceScore]:
+    """SequenceScores from logits and the labels aligned with them (logits[:, t] predicts labels[:, t + 1])."""
+    targets = labels[:, 1:]
+    selected = targets != IGNORE_INDEX
+    counts = selected.sum(dim=1).tolist()
+    chosen = logits[:, :-1][selected].float()  # (labelled tokens in the batch, vocab)
+    tokens = targets[selected]
+    logprobs = torch.log_softmax(chosen, dim=-1)
+    token_lp = logprobs.gather(1, tokens[:, None]).squeeze(1)
+    correct = chosen.argmax(dim=-1) == tokens
+    mu = sigma = None
+    wanted = _wanted_rows(distribution_stats, len(counts))
+    if any(wanted):
+        # Only the rows that asked for them (Min-K%++ on the answer, not on its perturbations).
+        needed = torch.repeat_interleave(
+            torch.tensor(wanted, device=logprobs.device), torch.tensor(counts, device=logprobs.device)
+        )
+        # float64: sums over the whole vocabulary, which Min-K%++ divides by a small spread, must not depend on
+        # the batch's layout (float32 sums of 49k terms differ in the 5th digit between layouts).
+        precise = torch.float32 if chosen.device.type == "mps" else torch.float64  # MPS has no float64
+        dist_lp = torch.log_softmax((chosen[needed] if not all(wanted) else chosen).to(precise), dim=-1)
+        probs = dist_lp.exp()
+        zero = torch.zeros_like(probs)
+        # p * log p is 0 where p underflows to 0 (log p may be -inf there).
+        mu = torch.where(probs > 0, probs * dist_lp, zero).sum(dim=-1).float()
+        # Centered second moment: E[lp^2] - mu^2 cancels badly (mu^2 ~ 100, variance ~ 0.01).
+        centered = torch.where(probs > 0, probs * (dist_lp - mu.to(precise)[:, None]).square(), zero)
+        sigma = centered.sum(dim=-1).sqrt().float()
+        del probs, zero, centered, dist_lp
+    del logits, chosen, logprobs
     token_lp_rows = token_lp.cpu().split(counts)
     correct_rows = correct.cpu().split(counts)
-    mu_rows = mu.cpu().split(counts) if mu is not None else [None] * len(counts)
-    sigma_rows = sigma.cpu().split(counts) if sigma is not None else [None] * len(counts)
+    mu_rows, sigma_rows = _split_wanted(mu, counts, wanted), _split_wanted(sigma, counts, wanted)
     scores = []
     for row, (lp, ok, m, s, ends) in enumerate(zip(token_lp_rows, correct_rows, mu_rows, sigma_rows, end_tokens)):
         n = lp.numel()
@@ -147,24 +166,129 @@ def score_batch(
     return scores
 
 
+def _wanted_rows(distribution_stats: bool | Sequence[bool], rows: int) -> list[bool]:
+    if isinstance(distribution_stats, bool):
+        return [distribution_stats] * rows
+    wanted = [bool(flag) for flag in distribution_stats]
+    if len(wanted) != rows:
+        raise ValueError(f"score_batch: {len(wanted)} distribution_stats flags for a batch of {rows} rows")
+    return wanted
+
+
+def _split_wanted(values: torch.Tensor | None, counts: list[int], wanted: list[bool]) -> list:
+    """Per-row lists of a statistic computed for the wanted rows only (None for the others)."""
+    if values is None:
+        return [None] * len(counts)
+    parts = iter(values.cpu().split([n for n, want in zip(counts, wanted) if want]))
+    return [next(parts) if want else None for want in wanted]
+
+
+def unscored_prefix(item: dict) -> tuple[int, ...]:
+    """The tokens before the position that predicts the item's first labelled token: no score reads their
+    logits, so items that start with the same ones (a question's answer, paraphrase and perturbations) can
+    share one pass over them."""
+    labels = item["labels"]
+    first = next((t for t, label in enumerate(labels) if label != IGNORE_INDEX), len(labels))
+    return tuple(item["input_ids"][: max(first - 1, 0)])
+
+
+def score_shared_prefixes(
+    model, items: Sequence[dict], collator: PaddingCollator, distribution_stats: bool | Sequence[bool] = False
+) -> list[SequenceScore]:
+    """Score items that share unscored prefixes with one forward over each distinct prefix, whose key/value
+    cache every item starting with it continues from, then one forward over the continuations.
+
+    The continuation of an item sits after its prefix's padded cache: the attention mask hides the padding,
+    and explicit position ids place it right after its own prefix, so each row computes what a forward over
+    its whole sequence computes (equal to float rounding; tests/test_eval_speed.py)."""
+    prefixes: dict[tuple[int, ...], int] = {}
+    owner = [prefixes.setdefault(unscored_prefix(item), len(prefixes)) for item in items]
+    keys = list(prefixes)
+    device = model_device(model)
+    head = collator([{"input_ids": list(key)} for key in keys])
+    lengths = torch.tensor([len(key) for key in keys])
+    tails = collator(
+        [
+            {"input_ids": it["input_ids"][len(keys[o]) :], "labels": it["labels"][len(keys[o]) :]}
+            for it, o in zip(items, owner)
+        ]
+    )
+    end_tokens = _end_token_counts(len(items), [it.get("end_tokens", 0) for it in items])
+    index = torch.tensor(owner)
+    with evaluation_mode(model):
+        argument = cache_argument(model)
+        if argument is None:
+            raise ValueError(f"{type(model).__name__} cannot continue a key/value cache: score its items whole")
+        prefix_pass = model(
+            input_ids=head["input_ids"].to(device),
+            attention_mask=head["attention_mask"].to(device),
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        cache = getattr(prefix_pass, argument)
+        del prefix_pass
+        cache.batch_select_indices(index.to(device))
+        width = tails["input_ids"].shape[1]
+        labels = tails["labels"].to(device)
+        first = first_needed(labels[:, 1:] != IGNORE_INDEX)
+        logits = model(
+            input_ids=tails["input_ids"].to(device),
+            attention_mask=torch.cat([head["attention_mask"][index], tails["attention_mask"]], dim=1).to(device),
+            position_ids=(lengths[index][:, None] + torch.arange(width)[None]).to(device),
+            **{argument: cache},
+            use_cache=True,
+            logits_to_keep=width - first,
+        ).logits
+        del cache
+        return _row_scores(logits, labels[:, first:], distribution_stats, end_tokens)
+
+
+def _shares_prefixes(items: Sequence[dict]) -> bool:
+    prefixes = [unscored_prefix(item) for item in items]
+    return any(prefixes) and len(set(prefixes)) < len(prefixes)
+
+
 def score_sequences(
     model,
     items: Sequence[dict],
     collator: PaddingCollator,
     batch_size: int,
-    distribution_stats: bool = False,
+    distribution_stats: bool | Sequence[bool] = False,
 ) -> list[SequenceScore]:
-    """Score encoded items ({input_ids, labels}, optionally end_tokens) in right-padded batches of `batch_size`,
-    one forward each."""
+    """Score encoded items ({input_ids, labels}, optionally end_tokens) in right-padded batches of `batch_size`;
+    `distribution_stats` for every item or per item.
+
+    A batch whose items share unscored prefixes (several answers to one question) runs the prefixes once
+    (`score_shared_prefixes`); other batches take one forward each."""
     if collator.padding_side != "right":
         raise ValueError("teacher-forced scoring needs a right-padding collator")
+    flags = _wanted_rows(distribution_stats, len(items))
     scores: list[SequenceScore] = []
     for start in range(0, len(items), batch_size):
-        chunk = items[start : start + batch_size]
+        chunk, wanted = items[start : start + batch_size], flags[start : start + batch_size]
+        if _shares_prefixes(chunk) and cache_argument(model):
+            scores.extend(score_shared_prefixes(model, chunk, collator, wanted))
+            continue
         batch = collator([{"input_ids": it["input_ids"], "labels": it["labels"]} for it in chunk])
         ends = [it.get("end_tokens", 0) for it in chunk]
-        scores.extend(score_batch(model, batch, distribution_stats, ends))
+        scores.extend(score_batch(model, batch, wanted, ends))
     return scores
+
+
+def cache_argument(model) -> str | None:
+    """The forward's key/value-cache argument (`cache`; `past_key_values` before transformers 5.24), or None
+    when the model cannot continue a cache at explicit positions (then it is scored whole)."""
+    config = getattr(model, "config", None)
+    if not getattr(config, "use_cache", False) or getattr(config, "is_encoder_decoder", False):
+        return None
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        params = inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):
+        return None
+    if "position_ids" not in params:
+        return None
+    return next((name for name in ("cache", "past_key_values") if name in params), None)
 
 
 def encode_raw_text(tokenizer, text: str, max_length: int | None) -> dict:
@@ -232,11 +356,13 @@ def generate_greedy(
     stop_token_ids: Sequence[int],
     stop_strings: Sequence[str] = (),
     mask_pad_ids: bool = False,
+    on_batch: Callable[[int], object] | None = None,
 ) -> list[str]:
     """Greedy continuations of token-id prompts, batched with left padding.
 
     Each continuation is cut at its first stop token, decoded without special tokens, cut at the first stop
-    string and stripped. `mask_pad_ids` reproduces open-unlearning's pad-id attention mask.
+    string and stripped. `mask_pad_ids` reproduces open-unlearning's pad-id attention mask; `on_batch(rows)` is
+    called after each batch (progress bars).
     """
     from transformers import GenerationConfig
 
@@ -269,6 +395,8 @@ def generate_greedy(
                 end = next((i for i, tok in enumerate(row) if tok in stop_ids), len(row))
                 text = tokenizer.decode(row[:end], skip_special_tokens=True)
                 texts.append(cut_at_stop_strings(text, stop_strings).strip())
+            if on_batch is not None:
+                on_batch(len(output))
     return texts
 
 
@@ -320,6 +448,15 @@ def gather(obj, state) -> list:
 
 def is_main_process(state) -> bool:
     return state is None or state.is_main_process
+
+
+def progress(total: int, description: str):
+    """A progress bar for one evaluation set: on the main process, and only when stderr is a terminal (logs and
+    CI stay clean)."""
+    from tqdm.auto import tqdm
+
+    quiet = not (is_main_process(distributed_state()) and sys.stderr.isatty())
+    return tqdm(total=total, desc=description, unit="row", disable=quiet, leave=False, dynamic_ncols=True)
 
 
 def resolve_format(fmt: PromptFormat | None, label_mode: str | None) -> PromptFormat:

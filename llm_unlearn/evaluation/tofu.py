@@ -39,6 +39,7 @@ from llm_unlearn.evaluation.scoring import (
     end_of_turn_ids,
     gather,
     generate_greedy,
+    progress,
     resolve_format,
     score_sequences,
     shard,
@@ -52,8 +53,8 @@ PARAPHRASED_SETS = ("forget", "retain")  # p_correct = the paraphrased answer
 class TofuEvalOptions:
     """Settings of a TOFU evaluation, recorded in summary.json.
 
-    batch_size: questions per forward; the truth-ratio pass scores the paraphrased and perturbed answers of
-        those questions in one forward (6 x batch_size sequences on forget/retain).
+    batch_size: questions per batch; each question's answer, paraphrased and perturbed answers are scored
+        together (7 x batch_size sequences on forget/retain), its prompt run once for all of them.
     max_new_tokens: greedy answer length for ROUGE (TOFU: 200).
     truncate_rows: keep only the first N rows of every set (original TOFU: 300); None keeps all.
     rows: {set: N} keeps N evenly spaced rows of that set (every author stays represented; cheap subsets for
@@ -92,6 +93,13 @@ class TofuEvalOptions:
                 raise ValueError(f"TofuEvalOptions.rows: unknown set(s) {unknown}; choose from {TOFU_SETS}")
             if bad := {s: n for s, n in self.rows.items() if not isinstance(n, int) or n < 1}:
                 raise ValueError(f"TofuEvalOptions.rows: row counts must be whole numbers >= 1 (got {bad})")
+
+
+def length_ordered(records: list[dict], tokenizer, fmt: PromptFormat) -> list[dict]:
+    """Rows ordered by prompt then answer length, so that a batch pads little (scoring and generation); the
+    per-sample logs are keyed and merged by index, so their order does not change. Done before sharding, so
+    every process count batches the same rows together."""
+    return sorted(records, key=lambda r: (len(encode_prompt(tokenizer, r["question"], fmt)), len(r["answer"])))
 
 
 def evenly_spaced(records: list, count: int | None) -> list:
@@ -172,37 +180,56 @@ def _settings(options: TofuEvalOptions) -> Settings:
     return Settings(min_k=options.min_k, rouge_stemming=options.rouge_stemming)
 
 
+def _variant_texts(record: dict, kinds: list[str]) -> list[str]:
+    """The answer texts of one record in the order of `kinds` (answer, paraphrased, perturbed...)."""
+    perturbed = iter(record.get("perturbed_answer") or [])
+    text_of = {"answer": lambda: record["answer"], "paraphrased": lambda: record["paraphrased_answer"]}
+    return [text_of[kind]() if kind in text_of else next(perturbed) for kind in kinds]
+
+
 def score_qa_set(name, records, model, tokenizer, options, fmt, collator, stop_ids) -> dict:
     """Per-sample values of one set (or one process's shard of it): each row scored once into RowScores (only
     what the enabled metrics of this set need), then every registered column that applies."""
     scores = requested_scores(name, options.metrics, correct_score(name))
     rows = [RowScores(r["index"], scored_text=r["answer"], reference_text=r["answer"]) for r in records]
+    passes = int(any(s in scores for s in ("answer", "paraphrased", "perturbed"))) + int("generation" in scores)
+    with progress(passes * len(records), f"{name}") as bar:
+        _score_rows(name, records, rows, scores, model, tokenizer, options, fmt, collator, stop_ids, bar)
+    return per_sample_values(name, rows, options.metrics, _settings(options), correct_score(name))
+
+
+def _score_rows(name, records, rows, scores, model, tokenizer, options, fmt, collator, stop_ids, bar) -> None:
+    """Fill `rows` with the teacher-forced scores and generations `scores` asks for."""
     for start in range(0, len(records), options.batch_size):
         chunk, chunk_rows = records[start : start + options.batch_size], rows[start : start + options.batch_size]
-        if "answer" in scores:
-            items = [encode_qa(tokenizer, r["question"], r["answer"], fmt) for r in chunk]
-            answers = score_sequences(model, items, collator, len(items), distribution_stats="distribution" in scores)
-            for row, score in zip(chunk_rows, answers):
-                row.answer = _checked(score, name, row.index, "answer", fmt)
+        # Every answer a question is scored with (the answer, its paraphrase, its perturbations) in one pass that
+        # runs the question's prompt once (scoring.score_shared_prefixes).
+        variants = [
+            (["answer"] if "answer" in scores else [])
+            + (["paraphrased"] if "paraphrased" in scores else [])
+            + (["perturbed"] * len(r["perturbed_answer"]) if "perturbed" in scores else [])
+            for r in chunk
+        ]
+        texts = [_variant_texts(r, kinds) for r, kinds in zip(chunk, variants)]
+        items = [encode_qa(tokenizer, r["question"], text, fmt) for r, group in zip(chunk, texts) for text in group]
+        if not items:
+            continue
+        distribution = ["distribution" in scores and kind == "answer" for kinds in variants for kind in kinds]
+        flat = iter(score_sequences(model, items, collator, len(items), distribution))
+        for row, kinds in zip(chunk_rows, variants):
+            scored = {kind: [] for kind in kinds}
+            for kind in kinds:
+                what = "paraphrased/perturbed answer" if kind != "answer" else "answer"
+                scored[kind].append(_checked(next(flat), name, row.index, what, fmt))
+            if "answer" in scored:
+                row.answer = scored["answer"][0]
                 if "answer_tokens" in scores:
-                    _answer_only_checked(score, name, row.index)
-        if "paraphrased" in scores or "perturbed" in scores:
-            # Paraphrased (forget/retain) and perturbed answers of the whole chunk in one forward.
-            variants = [
-                ([r["paraphrased_answer"]] if "paraphrased" in scores else [])
-                + (list(r["perturbed_answer"]) if "perturbed" in scores else [])
-                for r in chunk
-            ]
-            items = [
-                encode_qa(tokenizer, r["question"], text, fmt) for r, texts in zip(chunk, variants) for text in texts
-            ]
-            flat = iter(score_sequences(model, items, collator, len(items)))
-            for row, texts in zip(chunk_rows, variants):
-                what = "paraphrased/perturbed answer"
-                scored = [_checked(next(flat), name, row.index, what, fmt) for _ in texts]
-                if "paraphrased" in scores:
-                    row.paraphrased, scored = scored[0], scored[1:]
-                row.perturbed = scored
+                    _answer_only_checked(row.answer, name, row.index)
+            if "paraphrased" in scored:
+                row.paraphrased = scored["paraphrased"][0]
+            if "paraphrased" in scored or "perturbed" in scored:
+                row.perturbed = scored.get("perturbed", [])
+        bar.update(len(chunk))
     if "generation" in scores and records:
         prompts = [encode_prompt(tokenizer, r["question"], fmt) for r in records]
         texts = generate_greedy(
@@ -213,10 +240,10 @@ def score_qa_set(name, records, model, tokenizer, options, fmt, collator, stop_i
             options.batch_size,
             stop_ids,
             mask_pad_ids=fmt.label_mode == "open_unlearning",
+            on_batch=bar.update,
         )
         for row, text in zip(rows, texts):
             row.generation = text
-    return per_sample_values(name, rows, options.metrics, _settings(options), correct_score(name))
 
 
 def summarize_tofu(
@@ -254,7 +281,14 @@ def evaluate_tofu(
     stop_ids = end_of_turn_ids(tokenizer, fmt, model)
     mine = {
         name: score_qa_set(
-            name, shard(records, state, options.batch_size), model, tokenizer, options, fmt, collator, stop_ids
+            name,
+            shard(length_ordered(records, tokenizer, fmt), state, options.batch_size),
+            model,
+            tokenizer,
+            options,
+            fmt,
+            collator,
+            stop_ids,
         )
         for name, records in sets.items()
     }

@@ -35,13 +35,24 @@ def sequence_stats(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
 def token_kl(ref_logits: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """KL(p_ref || p_theta) averaged over the positions in `mask` (shifted like the labels) of each sample,
     then over samples. Per-sample means (like the NLL) make a DDP step over b + b rows equal to one
-    process's step over the same 2b rows."""
-    ref_logp = torch.log_softmax(ref_logits[:, :-1].float(), dim=-1)
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    per_token = (ref_logp.exp() * (ref_logp - logp)).sum(-1)
-    mask = mask.to(per_token.dtype)
-    per_sample = (per_token * mask).sum(-1) / mask.sum(-1).clamp_min(1)
-    return per_sample.mean()
+    process's step over the same 2b rows.
+
+    Only the masked positions are gathered (not the padding), and the model side needs no log_softmax copy:
+    with r, l the reference's and the model's logits and p_ref summing to 1,
+    KL = sum p_ref * (r - l) + logsumexp(l) - logsumexp(r), exactly 0 when l = r."""
+    mask = mask.bool()
+    counts = mask.sum(-1)
+    chosen = logits[:, :-1][mask].float()  # (masked positions in the batch, vocab)
+    with torch.no_grad():
+        ref = ref_logits[:, :-1][mask].float()
+        ref_p = torch.softmax(ref, dim=-1)
+        ref_lse = torch.logsumexp(ref, dim=-1)
+    per_token = (ref_p * (ref - chosen)).sum(-1) + torch.logsumexp(chosen, dim=-1) - ref_lse
+    rows = torch.repeat_interleave(torch.arange(mask.shape[0], device=mask.device), counts)
+    per_sample = torch.zeros(mask.shape[0], dtype=per_token.dtype, device=per_token.device).index_add(
+        0, rows, per_token
+    )
+    return (per_sample / counts.clamp_min(1).to(per_sample.dtype)).mean()
 
 
 def npo_loss(logp: torch.Tensor, ref_logp: torch.Tensor, beta: float) -> torch.Tensor:
