@@ -65,6 +65,11 @@ def test_registered_metadata_matches_what_the_cards_and_benchmark_always_said():
         "ungrad": "ascent",
         "pcgrad": "ascent",
         "sfron": "ascent",
+        "idk_dpo": "ascent",
+        "undial": "descent",
+        "wga": "ascent",
+        "satimp": "ascent",
+        "ce_u": "descent",
     }
     assert {name: method.trainer.family for name, method in METHODS.items()} == families
     assert all(method.trainer.tags == (name,) for name, method in METHODS.items())
