@@ -67,6 +67,11 @@ def test_registered_metadata_matches_what_the_cards_and_benchmark_always_said():
         "sfron": "ascent",
         "rmu": "representation",
         "pdu": "ascent",
+        "idk_dpo": "ascent",
+        "undial": "descent",
+        "wga": "ascent",
+        "satimp": "ascent",
+        "ce_u": "descent",
     }
     assert {name: method.trainer.family for name, method in METHODS.items()} == families
     assert all(method.trainer.tags == (name,) for name, method in METHODS.items())

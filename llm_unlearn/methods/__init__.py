@@ -5,15 +5,20 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from .base import UnlearnConfig, UnlearningTrainer
+from .ce_u import CEUConfig, CEUTrainer
 from .grad_ascent import GAConfig, GATrainer, GradDiffConfig, GradDiffTrainer
 from .idk import IdkConfig, IdkTrainer
+from .idk_dpo import IdkDPOConfig, IdkDPOTrainer
 from .mox import MOXConfig, MOXTrainer
 from .npo import NPOConfig, NPOTrainer, SimNPOConfig, SimNPOTrainer
 from .pdu import PDUConfig, PDUTrainer
 from .rmu import RMUConfig, RMUTrainer
+from .satimp import SatImpConfig, SatImpTrainer
 from .sfron import SFROnConfig, SFROnTrainer
 from .surgery import EUPMUConfig, EUPMUTrainer, PCGradConfig, PCGradTrainer, UnGradConfig, UnGradTrainer
 from .task_vector import TaskVectorConfig, TaskVectorTrainer
+from .undial import UndialConfig, UndialTrainer
+from .wga import WGAConfig, WGATrainer
 
 
 class Method(NamedTuple):
@@ -37,6 +42,11 @@ METHODS: dict[str, Method] = {
     "ungrad": Method(UnGradConfig, UnGradTrainer),
     "pcgrad": Method(PCGradConfig, PCGradTrainer),
     "sfron": Method(SFROnConfig, SFROnTrainer),
+    "idk_dpo": Method(IdkDPOConfig, IdkDPOTrainer),
+    "undial": Method(UndialConfig, UndialTrainer),
+    "wga": Method(WGAConfig, WGATrainer),
+    "satimp": Method(SatImpConfig, SatImpTrainer),
+    "ce_u": Method(CEUConfig, CEUTrainer),
     "rmu": Method(RMUConfig, RMUTrainer),
     "pdu": Method(PDUConfig, PDUTrainer),
 }

@@ -259,15 +259,20 @@ class UnlearningTrainer(Trainer):
 
     # --- loss helpers ------------------------------------------------------------------------------
 
+    def answer_logits(self, model, batch: dict, reference: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits of θ (of θ_ref without grad, with `reference`) from the first position any row's answer needs,
+        and the labels they pair with: what per-token losses over the vocabulary start from."""
+        first = first_needed(batch["labels"][:, 1:] != IGNORE_INDEX)
+        logits = self.reference_logits(model, batch, first) if reference else forward_logits(model, batch, first)
+        return logits, batch["labels"][:, first:]
+
     def stats(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-sample (mean answer-token NLL, summed answer log-prob) from one forward."""
-        first = first_needed(batch["labels"][:, 1:] != IGNORE_INDEX)
-        per_sample, summed, _ = sequence_stats(forward_logits(model, batch, first), batch["labels"][:, first:])
+        per_sample, summed, _ = sequence_stats(*self.answer_logits(model, batch))
         return per_sample, summed
 
     def ref_stats(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        first = first_needed(batch["labels"][:, 1:] != IGNORE_INDEX)
-        per_sample, summed, _ = sequence_stats(self.reference_logits(model, batch, first), batch["labels"][:, first:])
+        per_sample, summed, _ = sequence_stats(*self.answer_logits(model, batch, reference=True))
         return per_sample, summed
 
     def nll(self, model, batch: dict) -> torch.Tensor:
@@ -291,6 +296,14 @@ class UnlearningTrainer(Trainer):
         if kind == "kl":
             return self.retain_kl(model, batch)
         raise ValueError(f"retain_loss must be one of {RETAIN_LOSSES}, not {kind!r}")
+
+    def with_retain_term(self, model, inputs: dict, forget_term: torch.Tensor, **forget_logs) -> torch.Tensor:
+        """forget_term + c·R, for a config with RetainWeightField and RetainLossField; records the forget-side
+        values given, R (as retain_nll or retain_kl) and the total."""
+        retain = self.retain_term(model, inputs["retain"], self.args.retain_loss)
+        loss = forget_term + self.args.retain_weight * retain
+        self.record(**forget_logs, **{f"retain_{self.args.retain_loss}": retain}, loss=loss)
+        return loss
 
     # --- logging and guards -------------------------------------------------------------------------
 

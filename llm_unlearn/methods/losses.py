@@ -1,5 +1,6 @@
 """Answer-token log-probabilities, per-sample NLL, the retain KL and the NPO term that the methods' losses are
-built from."""
+built from, and the per-token pieces several of them share (a cross-entropy to a fixed target distribution,
+token-weighted log-probabilities)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,7 @@ def answer_token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[t
 
     log p = logit[label] - logsumexp(logits): no full-vocabulary log_softmax copy is made."""
     logits = logits[:, :-1].float()
-    targets = labels[:, 1:]
-    mask = targets != IGNORE_INDEX
-    safe = targets.masked_fill(~mask, 0)
+    safe, mask = shifted_answer_labels(labels)
     logp = logits.gather(-1, safe.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
     return logp * mask, mask
 
@@ -25,11 +24,7 @@ def answer_token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[t
 def sequence_stats(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-sample (mean answer NLL, summed answer log-prob, answer token count)."""
     logp, mask = answer_token_logprobs(logits, labels)
-    count = mask.sum(-1)
-    summed = logp.sum(-1)
-    if (count == 0).any():
-        raise ValueError("a sample has no answer tokens to score (answer cut by max_length?)")
-    return -summed / count, summed, count
+    return -per_sample_means(logp, mask), logp.sum(-1), mask.sum(-1)
 
 
 def token_kl(ref_logits: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -58,3 +53,37 @@ def token_kl(ref_logits: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor)
 def npo_loss(logp: torch.Tensor, ref_logp: torch.Tensor, beta: float) -> torch.Tensor:
     """−(2/β)·mean log σ(−β·(logp_θ − logp_ref)); minimizing it lowers the forget likelihood below θ_ref."""
     return -(2.0 / beta) * F.logsigmoid(-beta * (logp - ref_logp)).mean()
+
+
+def per_sample_means(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per sample, the mean of per-position `values` over its answer positions `mask`. Their mean over samples
+    is the NLL's weighting: a DDP step over b + b rows equals one process's step over the same 2b rows."""
+    count = mask.sum(-1)
+    if (count == 0).any():
+        raise ValueError("a sample has no answer tokens to score (answer cut by max_length?)")
+    return (values * mask).sum(-1) / count
+
+
+def soft_target_cross_entropy(logits: torch.Tensor, target_logits: torch.Tensor) -> torch.Tensor:
+    """Per position, H(q, p_θ) = −Σ_v q_v log p_θ(v) with q = softmax(target_logits) taken as a constant.
+
+    Written as logsumexp(z) − Σ_v q_v z_v (q sums to 1), so no log-softmax copy of the logits is made."""
+    logits = logits.float()
+    target = torch.softmax(target_logits.detach().float(), dim=-1)
+    return torch.logsumexp(logits, dim=-1) - (target * logits).sum(-1)
+
+
+def shifted_answer_labels(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The labels that positions 0 .. T-2 predict, with 0 in place of −100 (safe to index with), and their mask."""
+    targets = labels[:, 1:]
+    mask = targets != IGNORE_INDEX
+    return targets.masked_fill(~mask, 0), mask
+
+
+def weighted_answer_logprob(logits: torch.Tensor, labels: torch.Tensor, weight_of) -> tuple[torch.Tensor, torch.Tensor]:
+    """mean_i mean_t w_t·log p_θ(y_t) over answer tokens with w_t = weight_of(p_θ(y_t)) taken as a constant
+    (the token-reweighted ascent of WGA and SatImp: minimizing it lowers the answer likelihood), and the
+    per-sample mean NLL from the same log-probabilities."""
+    logp, mask = answer_token_logprobs(logits, labels)
+    weight = weight_of(logp.detach().exp().clamp(0.0, 1.0))  # p ≤ 1 also where rounding gives log p > 0
+    return per_sample_means(weight * logp, mask).mean(), per_sample_means(-logp, mask)

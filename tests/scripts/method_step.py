@@ -22,6 +22,11 @@ sys.path.insert(0, str(REPO / "tests"))
 
 ROWS = 4  # forget rows = retain rows = one global batch
 STEPS = 3
+# On the random tiny model p(y) ≈ 1/vocab. WGA's and SatImp's token weights p^β would all but erase their forget
+# term next to the retain term: a small β keeps it. CE-U (no retain term) has a gradient proportional to p(y),
+# ~1e-5 here, so that at lr 0.1 weight decay alone would move the weights: a large lr without decay makes its
+# own steps the movement that the comparison checks (SGD's update is lr·gradient: it scales the step only).
+METHOD_SETUP = {"wga": {"beta": 0.01}, "satimp": {"beta1": 0.01}, "ce_u": {"learning_rate": 3e3, "weight_decay": 0.0}}
 
 
 def main() -> None:
@@ -54,7 +59,7 @@ def main() -> None:
             per_device_train_batch_size=args.per_device_batch,
             max_steps=STEPS,
             optim="sgd",  # the update is exactly lr·direction, so the comparison sees its magnitude too
-            learning_rate=0.1,
+            **{"learning_rate": 0.1, **METHOD_SETUP.get(method, {})},
         )
         assert trainer.accelerator.num_processes == args.world_size, (
             f"expected {args.world_size} processes, got {trainer.accelerator.num_processes}"
