@@ -141,6 +141,23 @@ def test_adapter_model_and_its_merged_copy_choose_alike(tokenizer, tiny_model, t
     )
 
 
+@pytest.mark.distributed
+def test_two_processes_each_evaluate_every_row_and_agree(model_dir, tmp_path):
+    from helpers import launch_2proc, run_until_done
+
+    tasks = write_task(tmp_path / "tasks")
+    script = [str(Path(__file__).parent / "scripts" / "lm_eval_distributed.py"), "--model", str(model_dir)]
+    one, two = tmp_path / "one", tmp_path / "two"
+    run_until_done([sys.executable, *script, "--tasks", str(tasks), "--out", str(one)], one / "done")
+    run_until_done(launch_2proc([*script, "--tasks", str(tasks), "--out", str(two)]), two / "done")
+    summaries = [json.loads((two / f"summary_rank{rank}.json").read_text()) for rank in (0, 1)]
+    alone = json.loads((one / "summary_rank0.json").read_text())
+    assert summaries[0]["num_processes"] == 2 and alone["num_processes"] == 1
+    for summary in summaries:
+        assert summary["metrics"] == alone["metrics"] and summary["row_counts"] == {"toy_mcq": len(ROWS)}
+    assert json.loads((two / "per_sample.json").read_text()) == json.loads((one / "per_sample.json").read_text())
+
+
 # ---- through the stages ------------------------------------------------------------------------------------------
 
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -261,6 +263,21 @@ def _results_table(output: dict) -> dict:
     }
 
 
+@contextmanager
+def _as_local_rank_zero():
+    """simple_evaluate returns its results only where LOCAL_RANK is 0 (under accelerate launch, rank 0 of each node);
+    given a model object it runs every row in every process, so each process may read its own results."""
+    saved = os.environ.get("LOCAL_RANK")
+    os.environ["LOCAL_RANK"] = "0"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("LOCAL_RANK")
+        else:
+            os.environ["LOCAL_RANK"] = saved
+
+
 def evaluate_lm_eval(
     model,
     tokenizer,
@@ -282,7 +299,7 @@ def evaluate_lm_eval(
     from lm_eval.evaluator import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
-    with evaluation_mode(model):
+    with evaluation_mode(model), _as_local_rank_zero():
         output = simple_evaluate(
             model=HFLM(pretrained=model, tokenizer=tokenizer, batch_size=options.batch_size),
             tasks=data.objects,
