@@ -60,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="MOX: memorize, then extrapolate for one or many alpha (or only extrapolate a saved memorization adapter)",
     )
     _add_run_arguments(p)
-    p = sub.add_parser("evaluate", help="run the TOFU suite on a model or adapter folder")
+    p = sub.add_parser(
+        "evaluate", help="run an evaluation suite (TOFU, MUSE, custom, lm_eval) on a model or adapter folder"
+    )
     _add_run_arguments(p)
 
     p = sub.add_parser("report", help="turn run folders into a Markdown table and plots")

@@ -11,7 +11,9 @@ Inputs, relative to the run folder:
        "seed": int, "versions": {package: version | null}, "git_commit": str | null, "toolkit_version": str}
 
 * ``eval/summary.json`` (optional; or ``../eval/summary.json``, where the evaluate stage writes by default, when
-  that evaluation's run_info.json names this folder): ``{"suite": "tofu" | "muse", "metrics": {name: float | null}, "options": {...}}``
+  that evaluation's run_info.json names this folder): ``{"suite": "tofu" | "muse" | "custom" | "lm_eval",
+  "metrics": {name: float | null}, "options": {...}}``, and for harness tasks ``"lm_eval": {"headline": {key:
+  {"task", "metric", "stderr", "dataset", "dataset_config"}}}`` (each such metric is reported on its task).
 * ``adapter_config.json`` marks a PEFT adapter folder; otherwise the folder holds full weights.
 
 The front matter is huggingface_hub's ModelCardData (base model, license, library, tags, pipeline tag), with each
@@ -134,7 +136,7 @@ def load_eval_summary(run_dir: str | os.PathLike) -> dict | None:
         return None
     summary = load_json(path)
     _require(isinstance(summary, dict), path, "<top level>", "a JSON object", type(summary).__name__)
-    _require(isinstance(summary.get("suite"), str), path, "suite", "'tofu' or 'muse'", summary.get("suite"))
+    _require(isinstance(summary.get("suite"), str), path, "suite", "a suite name", summary.get("suite"))
     _require(
         isinstance(summary.get("metrics"), dict), path, "metrics", "an object {name: number}", summary.get("metrics")
     )
@@ -230,14 +232,30 @@ def eval_dataset(data: dict) -> dict[str, str | None]:
     return {"dataset_type": dataset, "dataset_name": dataset, "dataset_config": None}
 
 
+def harness_datasets(summary: dict) -> dict[str, dict[str, str | None]]:
+    """{metric key: model-index dataset} for lm-evaluation-harness results (the lm_eval suite, or a run's
+    `general` tasks): each on its own task, named by the task and, when it reads a Hub dataset, by its id."""
+    datasets = {}
+    for key, entry in summary.get("lm_eval", {}).get("headline", {}).items():
+        dataset = {
+            "dataset_type": entry.get("dataset") or entry["task"],
+            "dataset_name": entry["task"],
+            "dataset_config": entry.get("dataset_config"),
+        }
+        datasets[key] = datasets[entry["stderr"]] = dataset
+    return datasets
+
+
 def eval_results(info: dict, summary: dict | None) -> list[EvalResult]:
     """One EvalResult per finite number in the summary's metrics; null (and NaN) metrics stay in the body's table
-    only, since the Hub shows model-index values as measured results."""
+    only, since the Hub shows model-index values as measured results. Harness task metrics name their task's
+    dataset, the others the run's data."""
     if summary is None:
         return []
     dataset = eval_dataset(info["data"])
+    harness = harness_datasets(summary)
     return [
-        EvalResult(task_type=TASK, metric_type=name, metric_value=value, **dataset)
+        EvalResult(task_type=TASK, metric_type=name, metric_value=value, **harness.get(name, dataset))
         for name, value in summary["metrics"].items()
         if value is not None and math.isfinite(value)
     ]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from llm_unlearn.data.collate import PairedDataset, PromptFormat, QADataset, refusal_records
 from llm_unlearn.methods import get_method
@@ -115,3 +117,62 @@ def run_until_done(command: list[str], done: Path, timeout: int = 300) -> None:
         if done.exists():
             return
     pytest.fail(f"{' '.join(command)} failed (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+
+
+# ---- lm-evaluation-harness tasks (tests/test_lm_eval_suite.py, tests/test_errors.py) ---------------------------
+
+# Invented questions; the choices differ in length so that acc (summed log-probability) and acc_norm (per
+# character) can pick differently.
+HARNESS_ROWS = [
+    {
+        "question": "Which lamp does the ferryman of Oskel carry?",
+        "choices": ["brass", "a pale green glass lamp", "none", "a red paper lantern"],
+        "answer": 1,
+    },
+    {
+        "question": "What does the Brindle mill grind?",
+        "choices": ["oats", "barley", "river stones into sand", "nothing at all on Sundays"],
+        "answer": 0,
+    },
+    {
+        "question": "Who keeps the key of the Tallow bridge?",
+        "choices": ["the miller's eldest daughter", "a goat", "the mayor", "nobody"],
+        "answer": 3,
+    },
+    {
+        "question": "What colour are the roofs of Quennet?",
+        "choices": ["slate grey", "red", "white with blue trim", "green"],
+        "answer": 2,
+    },
+    {
+        "question": "How many bells hang in the Ardley tower?",
+        "choices": ["two", "eleven small bells and one large one", "seven", "four"],
+        "answer": 2,
+    },
+    {
+        "question": "What do the Marrow hills smell of in spring?",
+        "choices": ["thyme", "wet wool and woodsmoke", "salt", "pine"],
+        "answer": 0,
+    },
+]
+
+
+def write_harness_task(folder: Path, name: str = "toy_mcq", rows: list[dict] = HARNESS_ROWS, **config) -> Path:
+    """A harness multiple-choice task over local JSON Lines in `folder` (the data path is absolute)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    data = folder / f"{name}.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    task = {
+        "task": name,
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": str(data)},
+        "test_split": "train",
+        "output_type": "multiple_choice",
+        "doc_to_text": "Question: {{question}}\nAnswer:",
+        "doc_to_choice": "{{choices}}",
+        "doc_to_target": "answer",
+        "metric_list": [{"metric": "acc"}, {"metric": "acc_norm"}],
+        **config,
+    }
+    (folder / f"{name}.yaml").write_text(yaml.safe_dump(task, sort_keys=False))
+    return folder

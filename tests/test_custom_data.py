@@ -183,3 +183,18 @@ def test_malformed_sources_are_refused_before_loading(tmp_path):
         )
     with pytest.raises(DataError, match=r"data.forget \(.*missing_ds\[default:train\]\): could not load it"):
         load_custom({"forget": DataFiles(id=str(tmp_path / "missing_ds")), "retain": DataFiles(path=str(good))})
+
+
+def test_min_chars_drops_short_documents_before_loading(tmp_path):
+    # wikitext-style: empty lines and a heading between documents
+    rows = [{"text": ""}, {"text": " = Heading = "}, {"text": "A document long enough to keep."}, {"text": "  \n"}]
+    path = write_jsonl(tmp_path / "corpus.jsonl", rows)
+
+    def forget(min_chars: int) -> list[dict]:
+        sets = {name: DataFiles(path=str(path), min_chars=min_chars) for name in ("forget", "retain")}
+        return load_custom(sets).forget
+
+    with pytest.raises(DataError, match="row 0: text must be a non-empty string"):
+        forget(0)  # every row is kept, and an empty one is refused
+    assert forget(1) == [{"text": " = Heading = ", "index": 0}, {"text": rows[2]["text"], "index": 1}]
+    assert forget(12) == [{"text": rows[2]["text"], "index": 0}]

@@ -306,6 +306,11 @@ def _(ctx: Ctx) -> str:
     return _custom_fails(ctx, **sets)
 
 
+@case("custom-min-chars")
+def _(ctx: Ctx) -> str:
+    return _custom_fails(ctx, ConfigError, forget={"path": str(ctx.tmp / "forget.jsonl"), "min_chars": -1})
+
+
 @case("custom-unloadable-dataset")
 def _(ctx: Ctx) -> str:
     return _custom_fails(ctx, forget={"id": "someone/not-cached-dataset"})
@@ -626,6 +631,77 @@ def _(ctx: Ctx) -> str:
     with pytest.raises(ReferenceMismatchError) as info:
         evaluate_tofu(model, tokenizer, sets, options, fmt, reference_log=ctx.tmp / "retain_eval")
     return str(info.value)
+
+
+# --- lm-evaluation-harness tasks (the lm_eval suite; evaluation.general takes the same options) ------------------
+
+
+def _lm_eval_config(ctx: Ctx, **options) -> dict:
+    """An lm_eval evaluation of the tiny model on a local multiple-choice task (a JSON Lines file in ctx.tmp)."""
+    pytest.importorskip("lm_eval")
+    from helpers import write_harness_task
+
+    include = write_harness_task(ctx.tmp / "tasks")
+    config = ctx.config(method=None)
+    config["evaluation"] = {
+        "suite": "lm_eval",
+        "model_path": str(ctx.model_dir),
+        "output_dir": str(ctx.run),
+        "options": {"tasks": ["toy_mcq"], "include": [str(include)], **options},
+    }
+    return config
+
+
+@case("lm-eval-no-tasks")
+def _(ctx: Ctx) -> str:
+    return fails_before_loading(ctx, ConfigError, lambda: evaluate(_lm_eval_config(ctx, tasks=[])))
+
+
+@case("lm-eval-unknown-task")
+def _(ctx: Ctx) -> str:
+    config = _lm_eval_config(ctx, tasks=["wmdp_bioo"], include=[])
+    return fails_before_loading(ctx, ConfigError, lambda: evaluate(config))
+
+
+@case("lm-eval-missing-include")
+def _(ctx: Ctx) -> str:
+    config = _lm_eval_config(ctx, include=[str(ctx.tmp / "no_such_tasks")])
+    return fails_before_loading(ctx, ConfigError, lambda: evaluate(config))
+
+
+@case("lm-eval-unknown-option")
+def _(ctx: Ctx) -> str:
+    return fails_before_loading(ctx, ConfigError, lambda: evaluate(_lm_eval_config(ctx, shots=5)))
+
+
+@case("lm-eval-task-data-missing")
+def _(ctx: Ctx) -> str:
+    config = _lm_eval_config(ctx)
+    (ctx.tmp / "tasks" / "toy_mcq.jsonl").unlink()
+    return fails_before_loading(ctx, DataError, lambda: evaluate(config))
+
+
+@case("lm-eval-metric-not-reported")
+def _(ctx: Ctx) -> str:
+    return fails_before_loading(ctx, ValueError, lambda: evaluate(_lm_eval_config(ctx, metric="f1")))
+
+
+@case("lm-eval-reference-log")
+def _(ctx: Ctx) -> str:
+    config = _lm_eval_config(ctx)
+    config["evaluation"]["reference_log"] = str(ctx.tmp / "retain_eval")
+    return fails_before_loading(ctx, ConfigError, lambda: evaluate(config))
+
+
+@case("lm-eval-not-installed")
+def _(ctx: Ctx) -> str:
+    config = _lm_eval_config(ctx)
+    saved = sys.modules.get("lm_eval")
+    sys.modules["lm_eval"] = None  # what `import lm_eval` sees when the package is absent
+    try:
+        return fails_before_loading(ctx, ConfigError, lambda: evaluate(config))
+    finally:
+        sys.modules["lm_eval"] = saved
 
 
 # --- run folders ---------------------------------------------------------------------------------------------

@@ -36,17 +36,22 @@ OPTIONAL_QA_COLUMNS = ("paraphrased_answer", "perturbed_answer")
 class DataFiles:
     """One set of your data. path: a local .json (list of objects), .jsonl, .csv or .parquet file. id: instead of
     path, a dataset `datasets.load_dataset` opens (a Hub id, or a local dataset folder), with `name` (its config)
-    and `split`. columns: {our column: your column}, e.g. {question: prompt_text, answer: reply}."""
+    and `split`. columns: {our column: your column}, e.g. {question: prompt_text, answer: reply}. min_chars: text
+    documents shorter than this many characters (whitespace stripped) are dropped before loading, e.g. 1 for a
+    corpus with empty lines (wikitext); 0 keeps every row (an empty one is then an error)."""
 
     path: str | None = None
     id: str | None = None
     name: str | None = None
     split: str = "train"
     columns: dict[str, str] = field(default_factory=dict)
+    min_chars: int = 0
 
     def check(self, where: str) -> None:
         if (self.path is None) == (self.id is None):
             raise DataError(f"{where}: give exactly one of path (a local file) or id (a Hub dataset or folder)")
+        if self.min_chars < 0:
+            raise DataError(f"{where}.min_chars must be 0 (keep every row) or more, not {self.min_chars}")
         if self.path is not None:
             if Path(self.path).suffix.lower() not in FILE_SUFFIXES:
                 raise DataError(
@@ -204,6 +209,8 @@ def load_custom(sets: dict[str, DataFiles | None]) -> CustomData:
         where = f"data.{name}"
         files.check(where)
         rows = _renamed(_read_rows(files, where), files.columns, where)
+        if files.min_chars:
+            rows = [row for row in rows if "text" not in row or len(str(row["text"]).strip()) >= files.min_chars]
         kinds[name], loaded[name] = _normalise(rows, f"{where} ({files.describe()})")
     if len(set(kinds.values())) > 1:
         raise DataError(f"data: the sets mix text and question/answer data ({kinds}); use one kind for all sets")

@@ -60,6 +60,11 @@ class Run:
     def metrics(self) -> dict:
         return self.summary.get("metrics", {})
 
+    @property
+    def harness_keys(self) -> list[str]:
+        """The headline metric keys of lm-evaluation-harness tasks (the lm_eval suite, or a run's `general`)."""
+        return list(self.summary.get("lm_eval", {}).get("headline", {}))
+
 
 def load_run(path: str | os.PathLike, name: str | None = None) -> Run:
     """One evaluation folder (holding summary.json)."""
@@ -111,9 +116,13 @@ def _format(value) -> str:
     return str(value)
 
 
-def _header(key: str) -> str:
-    arrow = {True: " ↑", False: " ↓", None: ""}[summary_direction(key)]
-    return key + arrow
+def _header(key: str, runs: list[Run] = ()) -> str:
+    """The key with its direction's arrow: the metric registry's, else the one a run's summary records (harness
+    tasks: lower is better on forget tasks)."""
+    direction = summary_direction(key)
+    for run in runs:
+        direction = direction if direction is not None else run.summary.get("higher_is_better", {}).get(key)
+    return key + {True: " ↑", False: " ↓", None: ""}[direction]
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -235,6 +244,7 @@ def make_report(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike) -
     out.mkdir(parents=True, exist_ok=True)
 
     columns = [k for k in MAIN_COLUMNS if any(k in r.metrics for r in runs)]
+    columns += list(dict.fromkeys(key for r in runs for key in r.harness_keys if key not in columns))
     lines = ["# Unlearning evaluation report", ""]
     lines += [
         "↑ higher is better, ↓ lower is better (on the forget set: more forgotten); no arrow: closer to the "
@@ -242,7 +252,7 @@ def make_report(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike) -
         "",
     ]
     rows = [[r.name, r.summary.get("suite", "?")] + [_format(r.metrics.get(k)) for k in columns] for r in runs]
-    lines += [_table(rows, ["run", "suite"] + [_header(k) for k in columns]), ""]
+    lines += [_table(rows, ["run", "suite"] + [_header(k, runs) for k in columns]), ""]
 
     plots = [
         ("Forget quality vs model utility", _plot_quality_vs_utility(runs, out)),
@@ -259,7 +269,9 @@ def make_report(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike) -
         settings = [f"{key}: `{run.summary.get(key)}`" for key in SETTINGS if key in run.summary]
         options = run.summary.get("options", {})
         settings += [
-            f"{key}: `{options[key]}`" for key in ("truncate_rows", "rouge_stemming", "scale_100") if key in options
+            f"{key}: `{options[key]}`"
+            for key in ("truncate_rows", "rouge_stemming", "scale_100", "limit", "num_fewshot")
+            if key in options
         ]
         lines += ["Settings: " + "; ".join(settings), ""]
         all_rows = [

@@ -18,6 +18,7 @@ from pathlib import Path
 from llm_unlearn import __version__
 from llm_unlearn.data.collate import PromptFormat
 from llm_unlearn.evaluation.custom import CustomEvalOptions, evaluate_custom
+from llm_unlearn.evaluation.harness import HarnessTasks, LmEvalOptions, evaluate_lm_eval, with_general
 from llm_unlearn.evaluation.logs import PER_SAMPLE_FILE, SUMMARY_FILE, EvalResult, write_json_atomic
 from llm_unlearn.evaluation.muse import MuseEvalOptions, evaluate_muse
 from llm_unlearn.evaluation.reference import ReferenceLog
@@ -29,12 +30,17 @@ from llm_unlearn.evaluation.tofu import TofuEvalOptions, evaluate_tofu
 class Suite:
     """An evaluation suite: its options dataclass (`evaluation.options` in a config), its evaluate function
     (model, tokenizer, data, options, fmt, reference_log) -> EvalResult, and the data it reads ("qa": question
-    and answer sets; "text": MUSE-layout corpora; "custom": your own sets, question/answer or text)."""
+    and answer sets; "text": MUSE-layout corpora; "custom": your own sets, question/answer or text; "tasks":
+    lm-evaluation-harness tasks, which bring their own data, so any run's data section fits)."""
 
     name: str
     options: type
     evaluate: Callable[..., EvalResult]
     data_kind: str
+
+    @property
+    def reads_run_data(self) -> bool:
+        return self.data_kind != "tasks"
 
 
 # Every place that chooses a suite (config parsing, the evaluate stage, the training callback) reads this table.
@@ -42,6 +48,7 @@ SUITES = {
     "tofu": Suite("tofu", TofuEvalOptions, evaluate_tofu, "qa"),
     "muse": Suite("muse", MuseEvalOptions, evaluate_muse, "text"),
     "custom": Suite("custom", CustomEvalOptions, evaluate_custom, "custom"),
+    "lm_eval": Suite("lm_eval", LmEvalOptions, evaluate_lm_eval, "tasks"),
 }
 
 
@@ -76,9 +83,13 @@ def run_evaluation(
     options=None,
     fmt: PromptFormat | None = None,
     reference_log: str | os.PathLike | None = None,
+    general: HarnessTasks | None = None,
 ) -> dict:
-    """Evaluate, write per_sample.json and summary.json into out_dir (rank 0), and return the summary."""
+    """Evaluate, write per_sample.json and summary.json into out_dir (rank 0), and return the summary. `general`:
+    harness tasks (`evaluation.general`) run after the suite, their accuracies added to its summary."""
     result = evaluate_suite(model, tokenizer, suite, data, options, fmt, reference_log)
+    if general is not None:
+        result = with_general(result, evaluate_lm_eval(model, tokenizer, general))
     state = distributed_state()
     summary = result.summary()
     summary["num_processes"] = state.num_processes if state is not None else 1

@@ -3,7 +3,8 @@
 finetune     fit the target (forget + retain) or the retain model
 unlearn      any registered method from the target; writes the method's exports (<output_dir>/unlearned, ...)
 extrapolate  MOX from a saved memorization model (no training), or memorize-then-extrapolate in one go
-evaluate     the TOFU or MUSE suite on a model or adapter folder, against the retain model's per-sample log
+evaluate     the TOFU, MUSE or custom suite on a model or adapter folder, against the retain model's per-sample
+             log, or lm-evaluation-harness tasks (the lm_eval suite)
 
 The console script (`llm-unlearn`), the recipes' scripts and the benchmark call them through STAGES, and each
 works unchanged under `accelerate launch` with several processes.

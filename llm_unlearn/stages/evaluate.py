@@ -1,6 +1,7 @@
 """evaluate: the suite the data calls for (TOFU, MUSE or custom) on a model or adapter folder, against the retain
-model's per-sample log; writes per_sample.json, summary.json and run_info.json into `evaluation.output_dir`
-(default: an `eval` folder beside the model folder, where the model card of a pushed model folder finds it)."""
+model's per-sample log, or lm-evaluation-harness tasks (the lm_eval suite); writes per_sample.json, summary.json
+and run_info.json into `evaluation.output_dir` (default: an `eval` folder beside the model folder, where the model
+card of a pushed model folder finds it)."""
 
 from __future__ import annotations
 
@@ -47,8 +48,17 @@ def _start_model(spec: RunSpec, model, model_path: str):
     return load_model(spec.model.name_or_path, dtype=spec.model.dtype).eval()
 
 
+def suite_input(spec: RunSpec, data: TrainingData | None, options):
+    """What the suite reads: the harness tasks, built now with their data (lm_eval), or the run's evaluation sets."""
+    from llm_unlearn.evaluation.harness import load_tasks
+    from llm_unlearn.evaluation.runner import get_suite
+
+    return data.eval_data() if get_suite(spec.evaluation.suite).reads_run_data else load_tasks(options)
+
+
 def run_evaluate(spec: RunSpec, options: RunOptions) -> Path:
-    from llm_unlearn.evaluation.runner import run_evaluation
+    from llm_unlearn.evaluation.harness import load_tasks
+    from llm_unlearn.evaluation.runner import get_suite, run_evaluation
     from llm_unlearn.evaluation.scoring import distributed_state, is_main_process
 
     settings = spec.evaluation
@@ -56,20 +66,29 @@ def run_evaluate(spec: RunSpec, options: RunOptions) -> Path:
     seed = _seed(training)
     check_sources(spec, "evaluate")
     model_path = _model_path(spec, training)
-    eval_options = spec.eval_options()
+    eval_options, general = spec.eval_options(), spec.general_options()
     out_dir = check_run_dir(settings.output_dir or Path(model_path).parent / "eval", options.overwrite, options.resume)
-    data = TrainingData.load(spec.data, evaluation_only=True)
+    data = TrainingData.load(spec.data, evaluation_only=True) if get_suite(settings.suite).reads_run_data else None
+    eval_data = suite_input(spec, data, eval_options)
+    general_tasks = load_tasks(general) if general is not None else None
     tokenizer = load_tokenizer(spec.model.name_or_path)
     model = load_for_eval(spec.model, model_path)
     out_dir = prepare_run_dir(out_dir, options.overwrite, options.resume)  # only once the inputs loaded
-    eval_data = data.eval_data()
-    if spec.suite_name == "custom":
+    if settings.suite == "custom":
         # A second full-weight copy is loaded only when the KL to it is asked for.
         eval_data["start_model"] = _start_model(spec, model, model_path) if "kl" in eval_options.metrics else None
     set_seed(seed)
     timer, memory = Stopwatch(), PeakMemory()
     summary = run_evaluation(
-        model, tokenizer, spec.suite_name, eval_data, out_dir, eval_options, spec.fmt, settings.reference_log
+        model,
+        tokenizer,
+        settings.suite,
+        eval_data,
+        out_dir,
+        eval_options,
+        spec.fmt,
+        settings.reference_log,
+        general_tasks,
     )
     if is_main_process(distributed_state()):
         RunInfo(
@@ -78,7 +97,7 @@ def run_evaluate(spec: RunSpec, options: RunOptions) -> Path:
             seed=seed,
             model_path=model_path,
             reference_log=settings.reference_log,
-            data=data.summary(),
+            data=data.summary() if data is not None else None,
             format=spec.fmt.describe(),
             summary_metrics=summary.get("metrics", summary) if isinstance(summary, dict) else None,
             wall_time_s=timer.seconds(),

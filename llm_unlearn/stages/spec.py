@@ -49,10 +49,13 @@ class RunOptions:
 
 @dataclass
 class EvalSettings:
-    """suite: 'tofu' or 'muse'; unset, the data decides (MUSE-layout text: muse), and naming the other is an error. model_path: folder of the
-    model or adapter to evaluate (default: the run's unlearned/). output_dir: where results go (default: `eval`
-    beside the model folder). reference_log: the retain model's per_sample.json (or its folder) for forget
-    quality and privleak. options: the suite's option fields. every_n_steps: during unlearning, also run the
+    """suite: 'tofu', 'muse', 'custom' or 'lm_eval'; unset, the data decides (MUSE-layout text: muse, your own
+    sets: custom), and naming another data suite is an error; lm_eval (harness tasks, which bring their own data)
+    fits any data. model_path: folder of the model or adapter to evaluate (default: the run's unlearned/).
+    output_dir: where results go (default: `eval` beside the model folder). reference_log: the retain model's
+    per_sample.json (or its folder) for forget quality and privleak. options: the suite's option fields. general:
+    lm-evaluation-harness tasks run after the suite (LmEvalOptions fields: {tasks: [mmlu], ...}), their
+    accuracies added to its summary as general-capability metrics. every_n_steps: during unlearning, also run the
     suite every N optimizer steps (0 = never); results go to the trainer's log and
     <output_dir>/eval_steps/eval_steps.jsonl. during_training_sets: the sets evaluated then (a subset keeps it
     cheap, e.g. [forget, retain])."""
@@ -62,6 +65,7 @@ class EvalSettings:
     output_dir: str | None = None
     reference_log: str | None = None
     options: dict = field(default_factory=dict)
+    general: dict | None = None
     every_n_steps: int = 0
     during_training_sets: list[str] | None = None
 
@@ -95,15 +99,32 @@ class RunSpec:
         """`evaluation.options` as the suite's options dataclass."""
         from llm_unlearn.evaluation.runner import SUITES
 
-        suite = self.suite_name
-        if self.evaluation.suite not in SUITES:
-            raise ConfigError(f"evaluation.suite must be one of {', '.join(SUITES)}, not {self.evaluation.suite!r}")
-        if self.evaluation.suite != suite:
+        settings = self.evaluation
+        if settings.suite not in SUITES:
+            raise ConfigError(f"evaluation.suite must be one of {', '.join(SUITES)}, not {settings.suite!r}")
+        chosen = SUITES[settings.suite]
+        if chosen.reads_run_data and settings.suite != self.suite_name:
             raise ConfigError(
-                f"evaluation.suite {self.evaluation.suite!r} does not fit data.dataset {self.data.dataset!r}: "
-                f"use {suite!r}"
+                f"evaluation.suite {settings.suite!r} does not fit data.dataset {self.data.dataset!r}: "
+                f"use {self.suite_name!r} (or lm_eval, for harness tasks)"
             )
-        return build_dataclass(SUITES[suite].options, self.evaluation.options, "evaluation.options")
+        if not chosen.reads_run_data:
+            for name, hint in (
+                ("reference_log", "it compares with no reference log; set it to null"),
+                ("during_training_sets", "its tasks are listed in evaluation.options.tasks"),
+                ("general", "put these tasks in evaluation.options.tasks"),
+            ):
+                if getattr(settings, name):
+                    raise ConfigError(f"evaluation.{name} does not apply to the {settings.suite} suite: {hint}")
+        return build_dataclass(chosen.options, settings.options, "evaluation.options")
+
+    def general_options(self):
+        """`evaluation.general` as LmEvalOptions (None when the run has no general-capability tasks)."""
+        if self.evaluation.general is None:
+            return None
+        from llm_unlearn.evaluation.harness import LmEvalOptions
+
+        return build_dataclass(LmEvalOptions, self.evaluation.general, "evaluation.general")
 
 
 def parse_config(raw: dict) -> RunSpec:
@@ -127,6 +148,7 @@ def parse_config(raw: dict) -> RunSpec:
     # Unknown metric groups / eval set names fail at load time, not after training when evaluation starts.
     spec.evaluation.suite = spec.evaluation.suite or spec.suite_name
     spec.eval_options()
+    spec.general_options()
     return spec
 
 

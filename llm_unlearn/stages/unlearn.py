@@ -10,6 +10,7 @@ from llm_unlearn.config import ConfigError
 from llm_unlearn.methods import get_method
 from llm_unlearn.models import load_model, load_tokenizer
 from llm_unlearn.runs import PeakMemory, RunInfo, Stopwatch, check_run_dir, prepare_run_dir
+from llm_unlearn.stages.evaluate import suite_input
 from llm_unlearn.stages.loading import build_seeded_model, resume_checkpoint
 from llm_unlearn.stages.spec import RunOptions, RunSpec, check_sources, hyperparameters, training_args
 from llm_unlearn.stages.training_data import TrainingData
@@ -33,6 +34,8 @@ def run_unlearn(spec: RunSpec, options: RunOptions) -> Path:
     if spec.model.lora is None and method.trainer.wants_reference(args):
         # Full weights: a frozen second copy, loaded only because this loss needs θ_ref.
         ref_model = load_model(spec.model.ref_model_path or spec.model.name_or_path, dtype=spec.model.dtype)
+    # What the evaluation callback reads (harness tasks load their data here), before the run folder exists.
+    eval_input = suite_input(spec, data, spec.eval_options()) if spec.evaluation.every_n_steps > 0 else None
     run_dir = prepare_run_dir(args.output_dir, options.overwrite, options.resume)  # only once the inputs loaded
     trainer = method.trainer(
         model=model,
@@ -42,7 +45,7 @@ def run_unlearn(spec: RunSpec, options: RunOptions) -> Path:
         ref_model=ref_model,
     )
     if spec.evaluation.every_n_steps > 0:
-        trainer.add_callback(_evaluation_callback(spec, data, tokenizer, run_dir, trainer))
+        trainer.add_callback(_evaluation_callback(spec, eval_input, tokenizer, run_dir, trainer))
     trainer.train(resume_from_checkpoint=resume_checkpoint(run_dir, options.resume, trainer))
     exports = trainer.export(run_dir, model_source=spec.model)
     if trainer.accelerator.is_main_process:
@@ -74,15 +77,15 @@ def run_unlearn(spec: RunSpec, options: RunOptions) -> Path:
     return run_dir / "unlearned"
 
 
-def _evaluation_callback(spec: RunSpec, data: TrainingData, tokenizer, run_dir: Path, trainer):
+def _evaluation_callback(spec: RunSpec, eval_input, tokenizer, run_dir: Path, trainer):
     from llm_unlearn.evaluation.callback import EvaluationCallback
 
     settings = spec.evaluation
     sets = tuple(settings.during_training_sets) if settings.during_training_sets else None
     return EvaluationCallback(
         tokenizer,
-        spec.suite_name,
-        data.eval_data(),
+        settings.suite,
+        eval_input,
         run_dir / "eval_steps",
         settings.every_n_steps,
         options=spec.eval_options(),
