@@ -263,10 +263,11 @@ def score_sequences(
     if collator.padding_side != "right":
         raise ValueError("teacher-forced scoring needs a right-padding collator")
     flags = _wanted_rows(distribution_stats, len(items))
+    continues_cache = cache_argument(model) is not None  # inspects the forward's signature: once, not per batch
     scores: list[SequenceScore] = []
     for start in range(0, len(items), batch_size):
         chunk, wanted = items[start : start + batch_size], flags[start : start + batch_size]
-        if _shares_prefixes(chunk) and cache_argument(model):
+        if continues_cache and _shares_prefixes(chunk):
             scores.extend(score_shared_prefixes(model, chunk, collator, wanted))
             continue
         batch = collator([{"input_ids": it["input_ids"], "labels": it["labels"]} for it in chunk])
