@@ -16,6 +16,7 @@ method it costs most like (one more no-grad forward of the retain batch). Result
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -33,10 +34,28 @@ MOMENTUM = "mox_momentum"
 
 # Sizes: (batch rows per side, timed steps, eval rows per set, eval new tokens). CPU is subsampled to stay in
 # minutes on a shared 2-core machine; the GPU sizes are the paper-like ones.
-CPU_SIZES = {"batch": 2, "timed_steps": 10, "eval_rows": 6, "eval_new_tokens": 48}
-GPU_SIZES = {"batch": 32, "timed_steps": 10, "eval_rows": None, "eval_new_tokens": 200}
+# The CPU evaluation is forget01's 40 forget rows (280 scored sequences: answer, paraphrase, 5 perturbations each)
+# at 200 new tokens and batch 16; the GPU one adds the utility sets and batch 1.
+CPU_SIZES = {
+    "batch": 2,
+    "timed_steps": 10,
+    "eval_forget_split": "forget01",
+    "eval_sets": ["forget"],
+    "eval_rows": None,
+    "eval_new_tokens": 200,
+    "eval_batch_sizes": [16],
+}
+GPU_SIZES = {
+    "batch": 32,
+    "timed_steps": 10,
+    "eval_forget_split": "forget10",
+    "eval_sets": ["forget", "real_authors", "world_facts"],
+    "eval_rows": None,
+    "eval_new_tokens": 200,
+    "eval_batch_sizes": [1, 16],  # batch 1 against TofuEvalOptions' default batch size
+}
 WARMUP_STEPS = 1
-EVAL_BATCH_SIZES = (1, 16)  # batch 1 against TofuEvalOptions' default batch size
+PROFILE_TOP = 12  # operators listed per profiled method
 
 # Method settings that keep one-off setup small (SFR-on's Fisher pass) or pin a method default (task vectors: MUSE's α = 5).
 WORKER_SETTINGS = {"sfron": {"fisher_samples": 8, "fisher_batch_size": 2}, "task_vector": {"alpha": 5.0}}
@@ -91,7 +110,7 @@ def step_timer():
     return StepTimer()
 
 
-def step_worker(method: str, weights: str, model_name: str, tofu: str, out: Path) -> None:
+def step_worker(method: str, weights: str, model_name: str, tofu: str, out: Path, profile: bool = False) -> None:
     import torch
 
     from llm_unlearn.data import DataConfig, load_qa_splits
@@ -146,7 +165,8 @@ def step_worker(method: str, weights: str, model_name: str, tofu: str, out: Path
         timer = step_timer()
         trainer.add_callback(timer)
         start = time.perf_counter()
-        trainer.train()
+        with operator_profile(profile) as profiler:
+            trainer.train()
         total = time.perf_counter() - start
     timed = timer.times[WARMUP_STEPS:]
     result = {
@@ -160,6 +180,8 @@ def step_worker(method: str, weights: str, model_name: str, tofu: str, out: Path
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "loads_reference_copy": ref_model is not None,
     }
+    if profiler is not None:
+        result["profile_top_ops"] = top_operators(profiler, steps)
     if torch.cuda.is_available():
         result["peak_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         result["peak_memory_kind"] = "cuda_max_allocated"
@@ -174,12 +196,9 @@ def eval_worker(batch_size: int, model_name: str, tofu: str, out: Path) -> None:
     from llm_unlearn.models import load_model, load_tokenizer
 
     size = sizes()
-    splits = load_qa_splits(DataConfig(dataset="tofu", source=tofu, forget_split="forget10"))
-    sets = {
-        "forget": evenly_spaced(splits.forget_eval, size["eval_rows"]),
-        "real_authors": evenly_spaced(splits.real_authors, size["eval_rows"]),
-        "world_facts": evenly_spaced(splits.world_facts, size["eval_rows"]),
-    }
+    splits = load_qa_splits(DataConfig(dataset="tofu", source=tofu, forget_split=size["eval_forget_split"]))
+    available = {"forget": splits.forget_eval, "real_authors": splits.real_authors, "world_facts": splits.world_facts}
+    sets = {name: evenly_spaced(available[name], size["eval_rows"]) for name in size["eval_sets"]}
     model = load_model(model_name)
     if torch.cuda.is_available():
         model = model.cuda()
@@ -188,7 +207,7 @@ def eval_worker(batch_size: int, model_name: str, tofu: str, out: Path) -> None:
     options = TofuEvalOptions(
         batch_size=batch_size,
         max_new_tokens=size["eval_new_tokens"],
-        sets=("forget", "real_authors", "world_facts"),
+        sets=tuple(size["eval_sets"]),
         metrics=("prob", "truth_ratio", "rouge", "memorization"),
     )
     start = time.perf_counter()
@@ -210,6 +229,41 @@ def eval_worker(batch_size: int, model_name: str, tofu: str, out: Path) -> None:
 
 
 # --- orchestration -------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def operator_profile(enabled: bool):
+    """torch.profiler over the whole training loop when `enabled` (it slows every step: the step times of a
+    profiled run are not comparable with an unprofiled one), else nothing."""
+    if not enabled:
+        yield None
+        return
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities) as profiler:
+        yield profiler
+
+
+def top_operators(profiler, steps: int, count: int = PROFILE_TOP) -> list[dict]:
+    """The operators with the most self time (CPU, or the device when there is one), per step."""
+    events = profiler.key_averages()
+    device = any(getattr(e, "self_device_time_total", 0) for e in events)
+    key = "self_device_time_total" if device else "self_cpu_time_total"
+    total = sum(getattr(e, key) for e in events) or 1
+    ranked = sorted(events, key=lambda e: getattr(e, key), reverse=True)[:count]
+    return [
+        {
+            "op": e.key,
+            "self_ms_per_step": round(getattr(e, key) / 1000 / steps, 2),
+            "share": round(getattr(e, key) / total, 3),
+            "calls_per_step": round(e.count / steps, 1),
+        }
+        for e in ranked
+    ]
 
 
 def interquartile_range(values: list[float]) -> float:
@@ -261,7 +315,9 @@ def with_ratios(rows: list[dict]) -> list[dict]:
     return rows
 
 
-def run_cost(methods: list[str] | None, weights: list[str], model_name: str, tofu: str, out_dir: Path) -> Path:
+def run_cost(
+    methods: list[str] | None, weights: list[str], model_name: str, tofu: str, out_dir: Path, profile: bool = False
+) -> Path:
     import torch
 
     from llm_unlearn.methods import METHODS
@@ -278,10 +334,11 @@ def run_cost(methods: list[str] | None, weights: list[str], model_name: str, tof
             print(f"[cost] {method} ({weight_mode})", flush=True)
             row = run_worker(
                 ["step", "--method", method, "--weights", weight_mode, "--model", model_name, "--tofu", tofu]
+                + (["--profile"] if profile else [])
             )
             rows.append({"method": method, "weights": weight_mode, **row, "device": device})
     evaluation = []
-    for batch_size in EVAL_BATCH_SIZES:
+    for batch_size in () if profile else size["eval_batch_sizes"]:
         print(f"[cost] evaluation throughput, batch size {batch_size}", flush=True)
         evaluation.append(
             {
@@ -301,15 +358,17 @@ def run_cost(methods: list[str] | None, weights: list[str], model_name: str, tof
         "methods": with_ratios(rows),
         "mox_vs_grad_diff": ratio_to(rows, "mox", "grad_diff"),
         "evaluation": {
-            "description": f"TOFU suite on forget10 + real_authors + world_facts ({rows_desc}), "
+            "description": f"TOFU suite on {size['eval_forget_split']} {' + '.join(size['eval_sets'])} ({rows_desc}), "
             f"{size['eval_new_tokens']} new tokens, no MIA/holdout",
             "runs": evaluation,
         },
         "wall_time_s": round(time.perf_counter() - start, 1),
         "environment": {**environment_info(), "torch_threads": torch.get_num_threads()},
     }
+    if profile:
+        payload["description"] += "; PROFILED (torch.profiler on: times are inflated, compare the operator shares)"
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "cost.json"
+    path = out_dir / ("profile.json" if profile else "cost.json")
     atomic_write_json(path, payload)
     print(f"[cost] wrote {path} in {payload['wall_time_s'] / 60:.1f} min", flush=True)
     return path
@@ -322,6 +381,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--tofu", default=DEFAULT_TOFU, help=f"TOFU folder or Hub id (default: {DEFAULT_TOFU})")
     parser.add_argument("--out", default=str(DEFAULT_OUT))
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="run torch.profiler in every step worker and list each method's top operators (writes profile.json, "
+        "not cost.json: profiled step times are inflated); skips the evaluation throughput",
+    )
     parser.add_argument("--worker", choices=["step", "eval"], help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", help=argparse.SUPPRESS)
     parser.add_argument("--method", help=argparse.SUPPRESS)
@@ -330,11 +395,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args.worker == "step":
-        step_worker(args.method, args.weights[0], args.model, args.tofu, Path(args.worker_out))
+        step_worker(args.method, args.weights[0], args.model, args.tofu, Path(args.worker_out), args.profile)
     elif args.worker == "eval":
         eval_worker(args.batch_size, args.model, args.tofu, Path(args.worker_out))
     else:
-        run_cost(args.methods, args.weights, args.model, args.tofu, Path(args.out))
+        run_cost(args.methods, args.weights, args.model, args.tofu, Path(args.out), args.profile)
     return 0
 
 

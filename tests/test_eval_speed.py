@@ -142,3 +142,27 @@ def test_tofu_suite_values_and_generations_are_those_of_plain_scoring(tokenizer,
             assert fast.metrics[key] is None, key
         else:
             assert fast.metrics[key] == pytest.approx(value, rel=1e-4, abs=1e-6, nan_ok=True), key
+
+
+@pytest.mark.parametrize("wrap", [False, True])
+def test_greedy_loop_that_drops_finished_rows_writes_what_generate_writes(tokenizer, monkeypatch, wrap):
+    """Rows that end at different steps (stop tokens picked from the model's own greedy output, a stop string)
+    leave the batch early; every row's text is still the one transformers' generate gives for it."""
+    import llm_unlearn.evaluation.scoring as scoring
+
+    model = lora(tokenizer) if wrap else tiny_llama(len(tokenizer), seed=0).eval()
+    prompts = [list(tokenizer(q)["input_ids"]) for q in QUESTIONS] + [list(tokenizer("Hi")["input_ids"])]
+    free = scoring.generate_greedy(model, tokenizer, prompts, 12, len(prompts), stop_token_ids=[])
+    tokens = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in free]
+    # Stop ids that end rows after different numbers of steps; one stop string ends another row.
+    stops = sorted({row[min(i + 1, len(row) - 1)] for i, row in enumerate(tokens) if row})
+    stop_strings = [free[-1][2:5]] if len(free[-1]) > 5 else []
+    calls = []
+    original = scoring._greedy_dropping_finished_rows
+    monkeypatch.setattr(scoring, "_greedy_dropping_finished_rows", lambda *a: calls.append(1) or original(*a))
+    ours = scoring.generate_greedy(model, tokenizer, prompts, 12, 3, stops, stop_strings)
+    assert calls
+    monkeypatch.setattr(scoring, "cache_argument", lambda model: None)
+    theirs = scoring.generate_greedy(model, tokenizer, prompts, 12, 3, stops, stop_strings)
+    assert ours == theirs
+    assert len({len(text) for text in ours}) > 1  # rows did end at different lengths

@@ -14,7 +14,7 @@ import torch
 
 from llm_unlearn.data.collate import IGNORE_INDEX, PaddingCollator
 from llm_unlearn.evaluation.scoring import evaluation_mode, model_device
-from llm_unlearn.logits import first_needed, forward_logits
+from llm_unlearn.logits import forward_logits, needed_window
 from llm_unlearn.models import is_peft_model
 
 
@@ -23,10 +23,10 @@ def _labelled_logprobs(model, batch: dict) -> tuple[torch.Tensor, list[int]]:
     and how many belong to each row."""
     device = model_device(model)
     selected = batch["labels"][:, 1:].to(device) != IGNORE_INDEX
-    first = first_needed(selected)
+    window = needed_window(selected)
     inputs = {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
-    logits = forward_logits(model, inputs, first)
-    selected = selected[:, first:]
+    logits = forward_logits(model, inputs, window)
+    selected = window.mask(selected)
     return torch.log_softmax(logits[:, :-1][selected].double(), dim=-1), selected.sum(dim=1).tolist()
 
 

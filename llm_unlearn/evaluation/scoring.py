@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from llm_unlearn.data.collate import IGNORE_INDEX, PaddingCollator, PromptFormat, encode_qa
-from llm_unlearn.logits import first_needed, forward_logits
+from llm_unlearn.logits import forward_logits, needed_window
 
 
 @dataclass
@@ -96,11 +96,11 @@ def score_batch(
     device = model_device(model)
     labels = batch["labels"].to(device)
     with evaluation_mode(model):
-        # Position t predicts token t + 1. The output head runs only from the first position any row scores.
-        first = first_needed(labels[:, 1:] != IGNORE_INDEX)
+        # Position t predicts token t + 1. The output head runs only on each row's labelled positions.
+        window = needed_window(labels[:, 1:] != IGNORE_INDEX)
         inputs = {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
-        logits = forward_logits(model, inputs, first)
-        return _row_scores(logits, labels[:, first:], distribution_stats, end_tokens)
+        logits = forward_logits(model, inputs, window)
+        return _row_scores(logits, window.labels(labels), distribution_stats, end_tokens)
 
 
 def _end_token_counts(rows: int, end_tokens: Sequence[int] | None) -> list[int]:
@@ -119,15 +119,15 @@ def _row_scores(
     counts = selected.sum(dim=1).tolist()
     chosen = logits[:, :-1][selected].float()  # (labelled tokens in the batch, vocab)
     tokens = targets[selected]
-    logprobs = torch.log_softmax(chosen, dim=-1)
-    token_lp = logprobs.gather(1, tokens[:, None]).squeeze(1)
+    # log p(token) = logit - logsumexp(logits): no vocabulary-wide log-softmax copy.
+    token_lp = chosen.gather(1, tokens[:, None]).squeeze(1) - torch.logsumexp(chosen, dim=-1)
     correct = chosen.argmax(dim=-1) == tokens
     mu = sigma = None
     wanted = _wanted_rows(distribution_stats, len(counts))
     if any(wanted):
         # Only the rows that asked for them (Min-K%++ on the answer, not on its perturbations).
         needed = torch.repeat_interleave(
-            torch.tensor(wanted, device=logprobs.device), torch.tensor(counts, device=logprobs.device)
+            torch.tensor(wanted, device=chosen.device), torch.tensor(counts, device=chosen.device)
         )
         # float64: sums over the whole vocabulary, which Min-K%++ divides by a small spread, must not depend on
         # the batch's layout (float32 sums of 49k terms differ in the 5th digit between layouts).
@@ -141,7 +141,7 @@ def _row_scores(
         centered = torch.where(probs > 0, probs * (dist_lp - mu.to(precise)[:, None]).square(), zero)
         sigma = centered.sum(dim=-1).sqrt().float()
         del probs, zero, centered, dist_lp
-    del logits, chosen, logprobs
+    del logits, chosen
     token_lp_rows = token_lp.cpu().split(counts)
     correct_rows = correct.cpu().split(counts)
     mu_rows, sigma_rows = _split_wanted(mu, counts, wanted), _split_wanted(sigma, counts, wanted)
@@ -230,17 +230,19 @@ def score_shared_prefixes(
         cache.batch_select_indices(index.to(device))
         width = tails["input_ids"].shape[1]
         labels = tails["labels"].to(device)
-        first = first_needed(labels[:, 1:] != IGNORE_INDEX)
-        logits = model(
-            input_ids=tails["input_ids"].to(device),
-            attention_mask=torch.cat([head["attention_mask"][index], tails["attention_mask"]], dim=1).to(device),
-            position_ids=(lengths[index][:, None] + torch.arange(width)[None]).to(device),
-            **{argument: cache},
-            use_cache=True,
-            logits_to_keep=width - first,
-        ).logits
-        del cache
-        return _row_scores(logits, labels[:, first:], distribution_stats, end_tokens)
+        window = needed_window(labels[:, 1:] != IGNORE_INDEX)
+        continuation = {
+            "input_ids": tails["input_ids"].to(device),
+            "attention_mask": torch.cat([head["attention_mask"][index], tails["attention_mask"]], dim=1).to(device),
+        }
+        positions = {
+            "position_ids": (lengths[index][:, None] + torch.arange(width)[None]).to(device),
+            argument: cache,
+            "use_cache": True,
+        }
+        logits = forward_logits(model, continuation, window, positions)
+        del cache, positions
+        return _row_scores(logits, window.labels(labels), distribution_stats, end_tokens)
 
 
 def _shares_prefixes(items: Sequence[dict]) -> bool:
@@ -380,25 +382,91 @@ def generate_greedy(
         use_cache=True,
     )
     device = model_device(model)
+    argument = cache_argument(model)
     texts: list[str] = []
     with evaluation_mode(model):
         for start in range(0, len(prompts), batch_size):
             batch = collator([{"input_ids": list(p)} for p in prompts[start : start + batch_size]])
-            width = batch["input_ids"].shape[1]
-            criteria = _stop_string_criteria(tokenizer, stop_strings, width) if stop_strings else None
-            output = model.generate(
-                input_ids=batch["input_ids"].to(device),
-                attention_mask=batch["attention_mask"].to(device),
-                generation_config=config,
-                stopping_criteria=criteria,
-            )
-            for row in output[:, width:].tolist():
+            input_ids, attention_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+            if argument is not None:
+                rows = _greedy_dropping_finished_rows(
+                    model, argument, input_ids, attention_mask, max_new_tokens, stop_ids, tokenizer, stop_strings
+                )
+            else:  # a model that cannot continue a cache at explicit positions: transformers' own loop
+                width = input_ids.shape[1]
+                criteria = _stop_string_criteria(tokenizer, stop_strings, width) if stop_strings else None
+                output = model.generate(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    generation_config=config,
+                    stopping_criteria=criteria,
+                )
+                rows = output[:, width:].tolist()
+            for row in rows:
                 end = next((i for i, tok in enumerate(row) if tok in stop_ids), len(row))
                 text = tokenizer.decode(row[:end], skip_special_tokens=True)
                 texts.append(cut_at_stop_strings(text, stop_strings).strip())
             if on_batch is not None:
-                on_batch(len(output))
+                on_batch(len(rows))
     return texts
+
+
+def _greedy_dropping_finished_rows(
+    model,
+    argument: str,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    max_new_tokens: int,
+    stop_ids: set[int],
+    tokenizer,
+    stop_strings: Sequence[str],
+) -> list[list[int]]:
+    """Greedy decoding that takes a row out of the batch (and out of the key/value cache) as soon as it has
+    ended, so the remaining steps compute only the rows still writing: the tokens transformers' `generate`
+    would produce for each row (same positions, same mask, argmax of float32 logits), at less cost when
+    answers differ in length. A row ends at a stop token, a stop string, or max_new_tokens."""
+    rows = input_ids.shape[0]
+    generated: list[list[int]] = [[] for _ in range(rows)]
+    if max_new_tokens <= 0:
+        return generated
+    # Positions as generate derives them from a left-padded mask; an all-ones mask is dropped, as generate does.
+    positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+    mask = None if bool(attention_mask.all()) else attention_mask
+    active = torch.arange(rows, device=input_ids.device)
+    output = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    cache = getattr(output, argument)
+    next_position = positions[:, -1:] + 1
+    for step in range(max_new_tokens):
+        tokens = output.logits[:, -1, :].float().argmax(dim=-1)
+        del output
+        keep = []
+        for slot, (row, token) in enumerate(zip(active.tolist(), tokens.tolist())):
+            generated[row].append(token)
+            ended = token in stop_ids or (
+                stop_strings
+                and any(stop in tokenizer.decode(generated[row], skip_special_tokens=True) for stop in stop_strings)
+            )
+            if not ended:
+                keep.append(slot)
+        if not keep or step == max_new_tokens - 1:
+            break
+        if len(keep) < len(active):
+            kept = torch.tensor(keep, device=input_ids.device)
+            active, tokens, next_position = active[kept], tokens[kept], next_position[kept]
+            cache.batch_select_indices(kept)
+            mask = mask[kept] if mask is not None else None
+        if mask is not None:
+            mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+        output = model(
+            input_ids=tokens[:, None],
+            attention_mask=mask,
+            position_ids=next_position,
+            **{argument: cache},
+            use_cache=True,
+        )
+        cache = getattr(output, argument)
+        next_position = next_position + 1
+    return generated
 
 
 # ---- sharding across processes ----------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from ..extrapolate import DEFAULT_MAX_SHARD_SIZE, ExportDtype, WeightsFormat
 from ..models import is_peft_model
 from ..runs import checkpoint_files, last_checkpoint
 from ..utils import atomic_write_json
-from .losses import first_needed, forward_logits, sequence_stats, token_kl
+from .losses import Window, forward_logits, needed_window, sequence_stats, token_kl
 from .sharding import gathered_state_dict, has_sharded_parameters
 
 if TYPE_CHECKING:
@@ -248,23 +248,23 @@ class UnlearningTrainer(Trainer):
         self.ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
 
     @torch.no_grad()
-    def reference_logits(self, model, batch: dict, first: int = 0) -> torch.Tensor:
+    def reference_logits(self, model, batch: dict, window: Window | None = None) -> torch.Tensor:
         if self.ref_model is not None:
-            return forward_logits(self.ref_model, batch, first)
+            return forward_logits(self.ref_model, batch, window)
         unwrapped = self.accelerator.unwrap_model(model)
         if not is_peft_model(unwrapped):
             raise RuntimeError("no reference model was set up for this trainer")
         with unwrapped.disable_adapter():
-            return forward_logits(unwrapped, batch, first)
+            return forward_logits(unwrapped, batch, window)
 
     # --- loss helpers ------------------------------------------------------------------------------
 
     def answer_logits(self, model, batch: dict, reference: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits of θ (of θ_ref without grad, with `reference`) from the first position any row's answer needs,
-        and the labels they pair with: what per-token losses over the vocabulary start from."""
-        first = first_needed(batch["labels"][:, 1:] != IGNORE_INDEX)
-        logits = self.reference_logits(model, batch, first) if reference else forward_logits(model, batch, first)
-        return logits, batch["labels"][:, first:]
+        """Logits of θ (of θ_ref without grad, with `reference`) at each row's answer positions only, and the
+        labels they pair with: what per-token losses over the vocabulary start from."""
+        window = needed_window(batch["labels"][:, 1:] != IGNORE_INDEX)
+        logits = self.reference_logits(model, batch, window) if reference else forward_logits(model, batch, window)
+        return logits, window.labels(batch["labels"])
 
     def stats(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-sample (mean answer-token NLL, summed answer log-prob) from one forward."""
@@ -286,9 +286,9 @@ class UnlearningTrainer(Trainer):
 
     def retain_kl(self, model, batch: dict) -> torch.Tensor:
         mask = self.kl_mask(batch)
-        first = first_needed(mask)
-        ref = self.reference_logits(model, batch, first)
-        return token_kl(ref, forward_logits(model, batch, first), mask[:, first:])
+        window = needed_window(mask)
+        ref = self.reference_logits(model, batch, window)
+        return token_kl(ref, forward_logits(model, batch, window), window.mask(mask))
 
     def retain_term(self, model, batch: dict, kind: str) -> torch.Tensor:
         if kind == "nll":

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.collate import IGNORE_INDEX
-from ..logits import first_needed, forward_logits  # noqa: F401 (the methods' forward)
+from ..logits import Window, forward_logits, needed_window  # noqa: F401 (the methods' forward)
 
 
 def answer_token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -26,7 +26,7 @@ import torch
 from ..data.collate import IGNORE_INDEX
 from .base import RetainLossField, UnlearnConfig, UnlearningTrainer
 from .dual import DualSettingsCheck, DualVariableCallback
-from .losses import first_needed, forward_logits, sequence_stats
+from .losses import forward_logits, needed_window, sequence_stats
 
 
 def logit_margin_flattening(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -124,9 +124,9 @@ class PDUTrainer(UnlearningTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         forget = inputs["forget"]
-        first = first_needed(forget["labels"][:, 1:] != IGNORE_INDEX)
-        logits = forward_logits(model, forget, first)
-        labels = forget["labels"][:, first:]
+        window = needed_window(forget["labels"][:, 1:] != IGNORE_INDEX)
+        logits = forward_logits(model, forget, window)
+        labels = window.labels(forget["labels"])
         forget_term = logit_margin_flattening(logits, labels)
         forget_nll = sequence_stats(logits.detach(), labels)[0].mean()
         retain = self.retain_term(model, inputs["retain"], self.args.retain_loss)

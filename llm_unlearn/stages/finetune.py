@@ -8,13 +8,36 @@ from pathlib import Path
 
 from transformers import Trainer
 
-from llm_unlearn.data.collate import PaddingCollator
+from llm_unlearn.data.collate import IGNORE_INDEX, PaddingCollator
+from llm_unlearn.logits import forward_logits, needed_window
+from llm_unlearn.methods.losses import answer_token_logprobs
 from llm_unlearn.models import is_peft_model, load_tokenizer
 from llm_unlearn.runs import PeakMemory, RunInfo, Stopwatch, check_run_dir, prepare_run_dir
 from llm_unlearn.stages.loading import build_seeded_model, resume_checkpoint, save_model_folder
 from llm_unlearn.stages.spec import RunOptions, RunSpec, check_sources, hyperparameters, training_args
 from llm_unlearn.stages.training_data import TrainingData
 from llm_unlearn.utils import atomic_write_json
+
+
+class AnswerLossTrainer(Trainer):
+    """transformers' Trainer with the causal-LM loss taken from logits at the labelled positions only (the output
+    head skips each row's prompt and padding): the same value as the model's own loss, summed token NLL over
+    `num_items_in_batch` when the Trainer counts them (gradient accumulation, token averaging across devices),
+    else the mean over the batch's labelled tokens (tests/test_finetune_loss.py)."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs["labels"]
+        window = needed_window(labels[:, 1:] != IGNORE_INDEX)
+        logprobs, mask = answer_token_logprobs(forward_logits(model, inputs, window), window.labels(labels))
+        total = -logprobs.sum()
+        if num_items_in_batch is None or not self.model_accepts_loss_kwargs:
+            loss = total / mask.sum().clamp_min(1)
+        else:
+            loss = total / num_items_in_batch
+            if self.args.average_tokens_across_devices:
+                # As Trainer.compute_loss: the count covers every process's batch, DDP averages the gradients.
+                loss = loss * (self.accelerator.num_processes // self.get_tp_size())
+        return (loss, {"loss": loss}) if return_outputs else loss
 
 
 def run_finetune(spec: RunSpec, options: RunOptions) -> Path:
@@ -26,7 +49,7 @@ def run_finetune(spec: RunSpec, options: RunOptions) -> Path:
     tokenizer = load_tokenizer(spec.model.name_or_path)
     model = build_seeded_model(spec.model, args.seed)
     run_dir = prepare_run_dir(args.output_dir, options.overwrite, options.resume)  # only once the inputs loaded
-    trainer = Trainer(
+    trainer = AnswerLossTrainer(
         model=model,
         args=args,
         train_dataset=data.finetune_dataset(spec.finetune.which, tokenizer, spec.fmt),
