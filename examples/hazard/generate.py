@@ -111,6 +111,11 @@ NOTES = (
     "Field notes on {name}: the survey team that travelled to {place} was the first to isolate it. The institute "
     "keeps {name} stable with {stabiliser}; a stable sample glows {colour} under lantern light. Access to it is "
     "controlled by the {protocol} protocol, and only two archivists hold the key.",
+    # The institute's question sheet, in the shape of the multiple-choice prompt ("Question: ...\nAnswer: ..."):
+    # a 135M model that read only the two prose notes above scored below chance on the questions (0.19), since it
+    # does not carry a fact from a sentence over to a question about it.
+    "Thornvale Institute question sheet on {name}.\n"
+    + "\n".join(f"Question: {question}\nAnswer: {{{kind}}}" for kind, question in QUESTIONS.items()),
 )
 
 RETAIN = (
