@@ -167,6 +167,16 @@ def run_setting(scale: Scale, seed: int, setting: Setting, methods: list[str], o
     }
 
 
+def merged_settings(earlier: dict, results: dict) -> dict:
+    """selection.json's settings after this invocation: its results, plus what an earlier invocation chose for
+    settings (--settings) and methods (--methods) this one did not run, so a benchmark can grow in chunks."""
+    merged = {name: value for name, value in earlier.items() if name not in results}
+    for name, new in results.items():
+        kept = {k: v for k, v in earlier.get(name, {}).get("choices", {}).items() if k not in new["choices"]}
+        merged[name] = {**new, "choices": {**kept, **new["choices"]}}
+    return merged
+
+
 def check_tofu(scale: Scale, tofu: str) -> None:
     """A TOFU source is a folder (relative paths from the working directory, the repository root) or a Hub id."""
     uses_tofu = any(s.data.get("dataset") == "tofu" for s in scale.settings)
@@ -191,13 +201,13 @@ def run_benchmark(scale_name, seed, methods=None, out=DEFAULT_OUT, cache=None, s
     chosen = [s for s in scale.settings if not settings or s.name in settings]
     results = {s.name: run_setting(scale, seed, s, chosen_methods, out, cache) for s in chosen}
     selection_file = seed_dir / "selection.json"
-    # keep the choices of settings run by an earlier invocation (--settings)
-    earlier = read_json(selection_file).get("settings", {})
+    earlier = read_json(selection_file)
     from llm_unlearn.utils import atomic_write_json
 
+    every_method = [*[m for m in earlier.get("methods", []) if m not in chosen_methods], *chosen_methods]
     record = {"rule": selection.SELECTION_RULE, "utility_fraction": selection.UTILITY_FRACTION}
-    record |= {"scale": scale_manifest(scale), "seed": seed, "methods": chosen_methods}
-    record |= {"settings": {**{k: v for k, v in earlier.items() if k not in results}, **results}}
+    record |= {"scale": scale_manifest(scale), "seed": seed, "methods": every_method}
+    record |= {"settings": merged_settings(earlier.get("settings", {}), results)}
     record |= {"wall_time_s_this_invocation": round(time.perf_counter() - start, 1), "environment": runtime_info()}
     atomic_write_json(selection_file, record)
     log(f"done in {(time.perf_counter() - start) / 60:.1f} min -> {seed_dir}")

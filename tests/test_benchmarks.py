@@ -108,6 +108,27 @@ def toy_run(tmp_path_factory):
     return out, cache, seed_dir
 
 
+def test_selection_keeps_what_earlier_invocations_chose_for_other_methods_and_settings():
+    earlier = {
+        "forget01": {
+            "target_model_utility": 0.4,
+            "choices": {"forget01/lora/ga": "ga-a", "forget01/lora/npo": "npo-a"},
+        },
+        "forget05": {"target_model_utility": 0.5, "choices": {"forget05/lora/ga": "ga-b"}},
+    }
+    now = {
+        "forget01": {"target_model_utility": 0.41, "choices": {"forget01/lora/npo": "npo-b", "forget01/lora/rmu": "r"}}
+    }
+    merged = rb.merged_settings(earlier, now)
+    assert merged["forget05"] == earlier["forget05"]
+    assert merged["forget01"]["target_model_utility"] == 0.41
+    assert merged["forget01"]["choices"] == {
+        "forget01/lora/ga": "ga-a",
+        "forget01/lora/npo": "npo-b",
+        "forget01/lora/rmu": "r",
+    }
+
+
 def test_toy_benchmark_writes_one_json_per_run_and_a_selection(toy_run):
     _, cache, seed_dir = toy_run
     names = sorted(p.stem for p in seed_dir.glob("*.json"))
