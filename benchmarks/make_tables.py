@@ -274,6 +274,47 @@ def selected_rows(scale: dict, setting: str, cost: dict | None) -> list[list[str
     return rows
 
 
+HEADLINE_PAIRS = (("mox", "ga"), ("mox", "npo"), ("mox", "task_vector"))
+
+
+def chosen_run(scale: dict, seed, key: str) -> dict | None:
+    choice = scale["selection"].get(seed, {}).get("settings", {}).get(key.split("/")[0], {}).get("choices", {}).get(key)
+    return scale["runs"][seed].get(choice["run"]) if choice else None
+
+
+def headline_rows(scale: dict, setting: str) -> list[list[str]]:
+    """Per seed, forget quality of MOX's selected run minus the other method's (same weights where the other
+    ran them, else its LoRA run), and on how many seeds MOX is ahead: the spread a mean hides."""
+    seeds = sorted(scale["runs"])
+    rows = []
+    for mox_weights in WEIGHTS_ORDER:
+        for ours, theirs in HEADLINE_PAIRS:
+            differences, utilities = [], []
+            for seed in seeds:
+                mine = chosen_run(scale, seed, f"{setting}/{mox_weights}/{ours}")
+                other = chosen_run(scale, seed, f"{setting}/{mox_weights}/{theirs}") or chosen_run(
+                    scale, seed, f"{setting}/lora/{theirs}"
+                )
+                fq = [r["metrics"].get("forget_quality") if r else None for r in (mine, other)]
+                mu = [r["metrics"].get("model_utility") if r else None for r in (mine, other)]
+                differences.append(fq[0] - fq[1] if None not in fq else None)
+                utilities.append(mu[0] - mu[1] if None not in mu else None)
+            known = [d for d in differences if d is not None]
+            if not known:
+                continue
+            other_weights = (
+                mox_weights if any(chosen_run(scale, s, f"{setting}/{mox_weights}/{theirs}") for s in seeds) else "lora"
+            )
+            ahead = sum(d > 0 for d in known)
+            behind = sum(d < 0 for d in known)
+            rows.append(
+                [f"MOX ({mox_weights}) − {table_rows().get(theirs, theirs)} ({other_weights})"]
+                + [fmt_number(d) for d in differences]
+                + [f"{ahead} ahead, {behind} behind, {len(known) - ahead - behind} tied", aggregate(utilities)]
+            )
+    return rows
+
+
 def alpha_sweep_rows(scale: dict, setting: str) -> list[list[str]]:
     """MOX-LoRA plain at every α of the sweep (the learning rate the selection used)."""
     seeds = sorted(scale["runs"])
@@ -475,6 +516,16 @@ def render(results: Path, readme_dir: Path, write_plots: bool = True) -> str:
                 "Step cost and memory are relative to a plain fine-tuning step (see Cost below).",
                 "",
             ]
+            headline = headline_rows(scale, setting)
+            if headline:
+                lines += [f"#### {setting}: MOX against GA, NPO and the task vector, seed by seed", ""]
+                lines += table(
+                    ["forget quality difference"]
+                    + [f"seed {seed}" for seed in sorted(scale["runs"])]
+                    + ["MOX on seeds", "utility difference (mean ± sd)"],
+                    headline,
+                )
+                lines += ["", "Each seed's selected runs; a positive difference means MOX forgot more.", ""]
             sweep = alpha_sweep_rows(scale, setting)
             if sweep:
                 lines += [f"#### {setting}: MOX-LoRA α sweep", ""]

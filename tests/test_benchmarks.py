@@ -304,3 +304,24 @@ def test_cost_ratios_are_relative_to_the_finetune_step_of_the_same_weights():
     assert ratios[("mox", "full")] == (1.25, 1.5)
     assert ratios[("finetune", "full")] == (1.0, 1.0)
     assert ratios[("ga", "full")] == (None, None)
+
+
+def test_headline_rows_give_each_seeds_forget_quality_difference_and_a_sign_count():
+    def run(fq, mu):
+        return {"metrics": {"forget_quality": fq, "model_utility": mu}}
+
+    runs = {
+        0: {"m0": run(0.5, 0.40), "g0": run(0.1, 0.42), "n0": run(0.5, 0.40)},
+        1: {"m1": run(0.2, 0.44), "g1": run(0.3, 0.40), "n1": run(0.1, 0.40)},
+    }
+    choices = {
+        0: {"f/lora/mox": {"run": "m0"}, "f/lora/ga": {"run": "g0"}, "f/lora/npo": {"run": "n0"}},
+        1: {"f/lora/mox": {"run": "m1"}, "f/lora/ga": {"run": "g1"}, "f/lora/npo": {"run": "n1"}},
+    }
+    scale = {"runs": runs, "selection": {s: {"settings": {"f": {"choices": c}}} for s, c in choices.items()}}
+    rows = {row[0]: row[1:] for row in make_tables.headline_rows(scale, "f")}
+    assert set(rows) == {"MOX (lora) − ga (lora)", "MOX (lora) − npo (lora)"}  # no task-vector run: no row
+    ga = rows["MOX (lora) − ga (lora)"]
+    assert [float(v) for v in ga[:2]] == pytest.approx([0.4, -0.1])
+    assert ga[2] == "1 ahead, 1 behind, 0 tied"
+    assert rows["MOX (lora) − npo (lora)"][2] == "1 ahead, 0 behind, 1 tied"
