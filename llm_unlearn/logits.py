@@ -53,13 +53,16 @@ class Window:
 def needed_window(mask: torch.Tensor) -> Window:
     """The window that holds, for every row, the positions `mask` (rows, T - 1; shifted like the labels, so
     column t means "position t predicts a needed token") marks. A row with none starts at 0."""
-    mask = mask.bool()
-    columns = torch.arange(mask.shape[1], device=mask.device)
-    has = mask.any(dim=1)
-    first = torch.where(mask, columns, mask.shape[1]).amin(dim=1).where(has, 0) if mask.shape[1] else has.long()
-    last = torch.where(mask, columns, -1).amax(dim=1).where(has, 0) if mask.shape[1] else has.long()
-    span = int((last - first + 1).where(has, 0).max()) if mask.shape[0] else 0
-    return Window(start=first.long(), width=span + 1)
+    rows, columns = mask.shape
+    if rows == 0 or columns == 0:
+        return Window(start=torch.zeros(rows, dtype=torch.long, device=mask.device), width=1)
+    needed = mask.int()
+    # argmax returns the first maximal index: the first needed column (0 for a row with none), and from the
+    # flipped mask the last one.
+    first = needed.argmax(dim=1)
+    last = columns - 1 - needed.flip(1).argmax(dim=1)
+    span = int(torch.where(needed.any(dim=1), last - first + 1, 0).max())
+    return Window(start=first, width=span + 1)
 
 
 def output_head(model) -> torch.nn.Module | None:

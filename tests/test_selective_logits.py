@@ -114,3 +114,19 @@ def test_losses_and_scores_equal_the_full_computation(tokenizer):
         expected = logp[row][mask[row]].tolist()
         got = torch.tensor(score.token_logprobs, dtype=torch.float64)
         assert torch.allclose(got, torch.tensor(expected, dtype=torch.float64), atol=1e-5)
+
+
+def test_window_start_and_width_are_the_brute_force_ones_on_random_masks():
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        mask = torch.rand(5, 9, generator=generator) < 0.2  # some rows have no needed position
+        window = needed_window(mask)
+        spans = []
+        for row, flags in enumerate(mask.tolist()):
+            needed = [t for t, flag in enumerate(flags) if flag]
+            assert int(window.start[row]) == (needed[0] if needed else 0)
+            spans.append(needed[-1] - needed[0] + 1 if needed else 0)
+            # every needed position of the row is inside its window after the shift
+            assert all(0 <= t - needed[0] < window.width - 1 for t in needed)
+        assert window.width == max(spans) + 1
+    assert needed_window(torch.zeros(3, 0, dtype=torch.bool)).width == 1

@@ -367,20 +367,9 @@ def generate_greedy(
     string and stripped. `mask_pad_ids` reproduces open-unlearning's pad-id attention mask; `on_batch(rows)` is
     called after each batch (progress bars).
     """
-    from transformers import GenerationConfig
-
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     collator = PaddingCollator(pad_id, "left", mask_pad_ids)
     stop_ids = set(int(i) for i in stop_token_ids)
-    # A fresh config: the model's own may carry sampling settings (temperature, top_p) that greedy ignores.
-    config = GenerationConfig(
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        num_beams=1,
-        eos_token_id=sorted(stop_ids),
-        pad_token_id=pad_id,
-        use_cache=True,
-    )
     device = model_device(model)
     argument = cache_argument(model)
     texts: list[str] = []
@@ -393,15 +382,9 @@ def generate_greedy(
                     model, argument, input_ids, attention_mask, max_new_tokens, stop_ids, tokenizer, stop_strings
                 )
             else:  # a model that cannot continue a cache at explicit positions: transformers' own loop
-                width = input_ids.shape[1]
-                criteria = _stop_string_criteria(tokenizer, stop_strings, width) if stop_strings else None
-                output = model.generate(
-                    input_ids=input_ids,
-                    attention_mask=attention_mask,
-                    generation_config=config,
-                    stopping_criteria=criteria,
+                rows = _greedy_with_generate(
+                    model, input_ids, attention_mask, max_new_tokens, stop_ids, pad_id, tokenizer, stop_strings
                 )
-                rows = output[:, width:].tolist()
             for row in rows:
                 end = next((i for i, tok in enumerate(row) if tok in stop_ids), len(row))
                 text = tokenizer.decode(row[:end], skip_special_tokens=True)
@@ -409,6 +392,36 @@ def generate_greedy(
             if on_batch is not None:
                 on_batch(len(rows))
     return texts
+
+
+def _greedy_with_generate(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    max_new_tokens: int,
+    stop_ids: set[int],
+    pad_id: int,
+    tokenizer,
+    stop_strings: Sequence[str],
+) -> list[list[int]]:
+    """Greedy continuations (token ids after the prompt) from transformers' `generate`."""
+    from transformers import GenerationConfig
+
+    # A fresh config: the model's own may carry sampling settings (temperature, top_p) that greedy ignores.
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        eos_token_id=sorted(stop_ids),
+        pad_token_id=pad_id,
+        use_cache=True,
+    )
+    width = input_ids.shape[1]
+    criteria = _stop_string_criteria(tokenizer, stop_strings, width) if stop_strings else None
+    output = model.generate(
+        input_ids=input_ids, attention_mask=attention_mask, generation_config=config, stopping_criteria=criteria
+    )
+    return output[:, width:].tolist()
 
 
 def _greedy_dropping_finished_rows(
