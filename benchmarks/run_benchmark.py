@@ -45,6 +45,7 @@ from scales import MOX_FAMILY, SCALES, Scale, Setting, method_families, scale_ma
 
 DEFAULT_OUT = REPO / "benchmarks" / "results"
 VARIANT_LABELS = {"": "", "_momentum": "-momentum"}  # suffix of a MOX variant's name in the tables
+WEIGHTS = ("lora", "full")
 
 
 def table_rows() -> dict[str, str]:
@@ -90,6 +91,21 @@ def run_baseline(ctx: Context, method: str, weights: str) -> None:
     choose_along_grid(ctx, f"{weights}/{method}", ctx.scale.lr_grid[(family, weights)], run_at)
 
 
+def alpha_sweep(ctx: Context, method: str, weights: str, lr: float, alphas: list[float]) -> dict[float, dict]:
+    """Plain MOX at `lr` over the α sweep: {α: result}. Every α, or (scale.sweep_every_alpha False) largest
+    first until one passes the rule, which is then the largest that passes."""
+    plain = variant_names(method)[0]
+    if ctx.scale.sweep_every_alpha:
+        results = mox_grid_point(ctx, method, weights, lr, alphas, None)
+        return {alpha: results[(plain, alpha)] for alpha in alphas}
+    sweep = {}
+    for alpha in alphas:
+        sweep[alpha] = mox_grid_point(ctx, method, weights, lr, [alpha], None)[(plain, alpha)]
+        if selection.passes(sweep[alpha], ctx.target_utility):
+            break
+    return sweep
+
+
 def run_mox(ctx: Context, method: str) -> None:
     """A MOX-family method: the plain α sweep on its first weights selects lr* and α*; the momentum variant, and
     on the other weights both variants (over their own grid), then run at α*."""
@@ -97,13 +113,12 @@ def run_mox(ctx: Context, method: str) -> None:
     first = ctx.scale.mox_weights[0]
     grid, sweeps = ctx.scale.lr_grid[(MOX_FAMILY, first)], []
     while (lr := selection.next_sweep_learning_rate(grid, sweeps, ctx.target_utility)) is not None:
-        results = mox_grid_point(ctx, method, first, lr, alphas, None)
-        sweeps.append({a: results[(plain, a)] for a in alphas})
+        sweeps.append(alpha_sweep(ctx, method, first, lr, alphas))
     lr_star, alpha_star, met = selection.sweep_choice(grid, sweeps, ctx.target_utility)
     ctx.choices[f"{ctx.setting.name}/{first}/{plain}"] = {
         "run": sweep_names(ctx, method, first, lr_star, [alpha_star])[0],
         "met_rule": met,
-        "evaluated": [name for lr, _ in zip(grid, sweeps) for name in sweep_names(ctx, method, first, lr, alphas)],
+        "evaluated": [name for lr, sweep in zip(grid, sweeps) for name in sweep_names(ctx, method, first, lr, sweep)],
         "alpha_star": alpha_star,
         "alpha_sweep": True,
     }
@@ -128,7 +143,7 @@ def registered_methods(requested: list[str] | None, scale: Scale) -> list[str]:
     methods = list(requested or families)
     for method in methods:
         family = families[method]
-        weights = scale.mox_weights if family == MOX_FAMILY else scale.baseline_weights
+        weights = scale.weights_of(method, family)
         if missing := [w for w in weights if (family, w) not in scale.lr_grid]:
             raise SystemExit(
                 f"method {method!r}: family {family!r} has no learning-rate grid for {missing} in scale "
@@ -154,9 +169,9 @@ def run_setting(scale: Scale, seed: int, setting: Setting, methods: list[str], o
     for method in methods:
         if families[method] == MOX_FAMILY:
             run_mox(ctx, method)
-    for weights in scale.baseline_weights:
+    for weights in WEIGHTS:  # every method's LoRA runs before any full-weight run
         for method in methods:
-            if families[method] != MOX_FAMILY:
+            if families[method] != MOX_FAMILY and weights in scale.weights_of(method, families[method]):
                 run_baseline(ctx, method, weights)
     threshold = None if ctx.target_utility is None else selection.UTILITY_FRACTION * ctx.target_utility
     return {

@@ -28,7 +28,7 @@ class Scale:
     description: str
     base_model: str  # a toolkit model name or folder; "tiny" = a random 2-layer Llama (plumbing only)
     settings: tuple[Setting, ...]
-    baseline_weights: tuple[str, ...]  # "lora" and/or "full" for the non-MOX methods
+    baseline_weights: tuple[str, ...]  # "lora" and/or "full" for the non-MOX methods (unless in method_weights)
     mox_weights: tuple[str, ...]
     seeds: tuple[int, ...]  # the seeds the scale is meant to be run with (one --seed per invocation)
     finetune: dict
@@ -41,6 +41,17 @@ class Scale:
     method_settings: dict = field(default_factory=dict)  # method -> budget fields (stated in the results)
     fmt: dict = field(default_factory=dict)
     use_cpu: bool = True
+    method_weights: dict = field(default_factory=dict)  # method -> its weights, where not baseline_weights
+    # False: evaluate the α sweep largest first only until one α passes the selection rule. The first to pass is
+    # the largest that passes, so the choice is the same; the smaller α are not evaluated (10 minutes each at
+    # the protocol scale).
+    sweep_every_alpha: bool = True
+
+    def weights_of(self, method: str, family: str) -> tuple[str, ...]:
+        """The weights `method` runs with at this scale: the MOX family's, or its own, or the baselines'."""
+        if family == MOX_FAMILY:
+            return self.mox_weights
+        return self.method_weights.get(method, self.baseline_weights)
 
 
 # Benchmark overrides per method that every scale shares. Pinned so that the momentum rows mean the same thing
@@ -64,11 +75,13 @@ def scale_manifest(scale: Scale) -> dict:
         "settings": {s.name: s.data for s in scale.settings},
         "baseline_weights": list(scale.baseline_weights),
         "mox_weights": list(scale.mox_weights),
+        "method_weights": {method: list(weights) for method, weights in scale.method_weights.items()},
         "seeds": list(scale.seeds),
         "finetune": scale.finetune,
         "unlearn_budget": scale.unlearn,
         "lr_grid": {f"{family}/{weights}": list(lrs) for (family, weights), lrs in scale.lr_grid.items()},
         "alphas": list(scale.alphas),
+        "sweep_every_alpha": scale.sweep_every_alpha,
         "eval_options": scale.eval_options,
         "eval_rows": scale.eval_rows,
         "lora": scale.lora,
@@ -191,4 +204,49 @@ GPU = Scale(
     use_cpu=False,
 )
 
-SCALES = {scale.name: scale for scale in (TOY, CPU, GPU)}
+# The methods the issue's comparison runs on both LoRA and full weights; the other baselines run LoRA only.
+BOTH_WEIGHTS = ("ga", "grad_diff", "npo", "task_vector")
+
+PROTOCOL = Scale(
+    name="protocol",
+    description="TOFU forget01 (every forget row, 40, and the 40 holdout rows) and forget05 (200 + 200), the "
+    "first 8 retain authors, SmolLM2-135M-Instruct; the MOX paper's budget for every method (10 epochs, batch "
+    "32, 10 % warm-up); LoRA for every method, full weights too for MOX, GA, GradDiff, NPO and the task vector; "
+    "evaluation on the whole real-authors (100) and world-facts (117) sets, 40 evenly spaced retain rows, "
+    "200 new tokens, empty system prompt; run one seed (0, 1, 2) of one setting per invocation, in chunks of "
+    "--methods (see benchmarks/README.md)",
+    base_model="smollm2-135m-instruct",
+    settings=tuple(
+        Setting(split, {"dataset": "tofu", "forget_split": split, "retain_authors": 8})
+        for split in ("forget01", "forget05")
+    ),
+    baseline_weights=("lora",),
+    mox_weights=("lora", "full"),
+    seeds=(0, 1, 2),
+    # TOFU's five fine-tuning epochs; the CPU scale's three left the forget set half-learned (ROUGE-L 0.48).
+    finetune={"learning_rate": 2e-3, "num_train_epochs": 5, "per_device_train_batch_size": 8},
+    unlearn={"num_train_epochs": 10, "per_device_train_batch_size": 32, "warmup_steps": 0.1},
+    lr_grid={
+        # 20 optimizer steps (forget01) of 32 rows: about 4x the CPU scale's updates, so every grid starts one
+        # step below the CPU scale's largest rate.
+        ("ascent", "lora"): (1e-3, 3e-4, 1e-4),
+        ("descent", "lora"): (1e-3, 3e-4, 1e-4),
+        (MOX_FAMILY, "lora"): (1e-3, 3e-4),
+        ("representation", "lora"): (3e-3, 1e-3, 3e-4),
+        ("ascent", "full"): (3e-5, 1e-5, 3e-6),
+        ("descent", "full"): (3e-5, 1e-5, 3e-6),
+        (MOX_FAMILY, "full"): (3e-5, 1e-5),
+    },
+    alphas=(16.0, 8.0, 4.0, 2.0, 1.0, 0.5),
+    eval_options={"batch_size": 20, "max_new_tokens": 200},
+    # Generation dominates: a 200-token answer takes about 2 s per row on the 2-core CPU, so forget + holdout
+    # (80) + real authors (100) + world facts (117) already take about 8 minutes; 40 retain rows keep one
+    # forget01 evaluation near 10 minutes.
+    eval_rows={"retain": 40},
+    method_settings={"sfron": {"fisher_samples": 32, "fisher_batch_size": 8}},
+    fmt={"system_prompt": ""},
+    method_weights={method: ("lora", "full") for method in BOTH_WEIGHTS},
+    sweep_every_alpha=False,
+)
+
+SCALES = {scale.name: scale for scale in (TOY, CPU, GPU, PROTOCOL)}

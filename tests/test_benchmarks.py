@@ -31,11 +31,11 @@ def test_every_registered_method_has_a_recipe_and_every_scale_a_grid():
     families = rb.method_families()
     for scale in rb.SCALES.values():
         for method in METHODS:
-            for weights in scale.baseline_weights if families[method] != "mox" else scale.mox_weights:
+            for weights in scale.weights_of(method, families[method]):
                 grid = scale.lr_grid[(families[method], weights)]
                 assert list(grid) == sorted(grid, reverse=True), f"{scale.name}: grids run largest first"
     paper_sweep = {8.0, 4.0, 2.0, 1.0, 0.5}
-    for scale in ("cpu", "gpu"):
+    for scale in ("cpu", "gpu", "protocol"):
         alphas = rb.SCALES[scale].alphas
         assert paper_sweep <= set(alphas) and list(alphas) == sorted(alphas, reverse=True)
 
