@@ -66,6 +66,15 @@ class Context:
     target_utility: float | None = None
     finetune_info: dict = field(default_factory=dict)
     choices: dict = field(default_factory=dict)
+    # choice key -> {"learning_rate", "alpha"} chosen on the scale's select_on_seed (empty: select here)
+    fixed: dict = field(default_factory=dict)
+
+    def grid(self, key: str, family: str, weights: str) -> tuple[float, ...]:
+        """The learning rates to try for choice `key`: the selecting seed's choice, or the family's grid."""
+        return (self.fixed[key]["learning_rate"],) if key in self.fixed else self.scale.lr_grid[(family, weights)]
+
+    def fixed_details(self, key: str) -> dict:
+        return {"selected_on_seed": self.scale.select_on_seed} if key in self.fixed else {}
 
     def result_path(self, run: str) -> Path:
         return self.out_dir / f"{run}.json"

@@ -22,7 +22,7 @@ from run_benchmark import table_rows
 
 REPO = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- tables:begin -->", "<!-- tables:end -->"
-SCALE_ORDER = ("gpu", "cpu", "toy")
+SCALE_ORDER = ("protocol", "gpu", "cpu", "toy")
 
 # (metric key, column header) of the main table; arrows follow the evaluation report's convention.
 MAIN_METRICS = (
@@ -43,9 +43,12 @@ def load_results(results: Path) -> dict:
     for scale_dir in sorted(p for p in results.iterdir() if p.is_dir() and p.name not in not_scales):
         runs, selection = {}, {}
         for seed_dir in sorted(scale_dir.glob("seed*")):
+            files = sorted(seed_dir.glob("*.json"))
+            if not files:  # a chunk still running its first run
+                continue
             seed = int(seed_dir.name[len("seed") :])
             runs[seed] = {}
-            for file in sorted(seed_dir.glob("*.json")):
+            for file in files:
                 payload = json.loads(file.read_text())
                 if file.name == "selection.json":
                     selection[seed] = payload
@@ -471,6 +474,28 @@ def devices_line(scale: dict) -> str:
     return f"Measured on: {'; '.join(machines)}."
 
 
+def protocol_notes(manifest: dict) -> list[str]:
+    """What a scale's manifest says about how its rows were chosen, beyond the rule (empty for older files)."""
+    notes = []
+    if manifest.get("method_weights"):
+        both = ", ".join(sorted(manifest["method_weights"]))
+        notes.append(
+            f"Baselines run with LoRA; {both} with {' and '.join(next(iter(manifest['method_weights'].values())))}."
+        )
+    if manifest.get("sweep_every_alpha") is False:
+        notes.append(
+            "The α sweep is evaluated largest first up to the first α that passes the rule (which is α*), so "
+            "smaller α have no rows."
+        )
+    if manifest.get("select_on_seed") is not None:
+        notes.append(
+            f"Learning rates and α* are selected on seed {manifest['select_on_seed']} only and rerun unchanged on "
+            "the other seeds, so the spread over seeds is that of fixed settings; mean ± sample standard "
+            "deviation over seeds."
+        )
+    return [" ".join(notes), ""] if notes else []
+
+
 def render(results: Path, readme_dir: Path, write_plots: bool = True) -> str:
     """The Markdown that goes between the markers."""
     scales = load_results(results) if results.is_dir() else {}
@@ -499,6 +524,7 @@ def render(results: Path, readme_dir: Path, write_plots: bool = True) -> str:
                 f"`{json.dumps(manifest.get('lr_grid'))}`; α sweep `{manifest.get('alphas')}`.",
                 "",
             ]
+        lines += protocol_notes(manifest)
         settings = sorted({run.get("setting") for runs in scale["runs"].values() for run in runs.values()} - {None})
         for setting in settings:
             threshold = [

@@ -88,7 +88,8 @@ def run_baseline(ctx: Context, method: str, weights: str) -> None:
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
-    choose_along_grid(ctx, f"{weights}/{method}", ctx.scale.lr_grid[(family, weights)], run_at)
+    key = f"{ctx.setting.name}/{weights}/{method}"
+    choose_along_grid(ctx, f"{weights}/{method}", ctx.grid(key, family, weights), run_at, **ctx.fixed_details(key))
 
 
 def alpha_sweep(ctx: Context, method: str, weights: str, lr: float, alphas: list[float]) -> dict[float, dict]:
@@ -111,7 +112,10 @@ def run_mox(ctx: Context, method: str) -> None:
     on the other weights both variants (over their own grid), then run at α*."""
     alphas, (plain, momentum) = list(ctx.scale.alphas), variant_names(method)
     first = ctx.scale.mox_weights[0]
-    grid, sweeps = ctx.scale.lr_grid[(MOX_FAMILY, first)], []
+    key = f"{ctx.setting.name}/{first}/{plain}"
+    if key in ctx.fixed:
+        alphas = [ctx.fixed[key]["alpha"]]
+    grid, sweeps = ctx.grid(key, MOX_FAMILY, first), []
     while (lr := selection.next_sweep_learning_rate(grid, sweeps, ctx.target_utility)) is not None:
         sweeps.append(alpha_sweep(ctx, method, first, lr, alphas))
     lr_star, alpha_star, met = selection.sweep_choice(grid, sweeps, ctx.target_utility)
@@ -121,18 +125,22 @@ def run_mox(ctx: Context, method: str) -> None:
         "evaluated": [name for lr, sweep in zip(grid, sweeps) for name in sweep_names(ctx, method, first, lr, sweep)],
         "alpha_star": alpha_star,
         "alpha_sweep": True,
+        **ctx.fixed_details(key),
     }
     for weights in ctx.scale.mox_weights:  # the momentum run at α* reuses the memorization run of lr*
         variants = (momentum,) if weights == first else (plain, momentum)
-        grid = (lr_star,) if weights == first else ctx.scale.lr_grid[(MOX_FAMILY, weights)]
         for variant in variants:
+            key = f"{ctx.setting.name}/{weights}/{variant}"
+            grid = (lr_star,) if weights == first else ctx.grid(key, MOX_FAMILY, weights)
             plain_alphas = [alpha_star] if variant == plain else []
             momentum_alpha = alpha_star if variant == momentum else None
 
             def run_at(lr, weights=weights, variant=variant, plain_alphas=plain_alphas, momentum_alpha=momentum_alpha):
                 return mox_grid_point(ctx, method, weights, lr, plain_alphas, momentum_alpha)[(variant, alpha_star)]
 
-            choose_along_grid(ctx, f"{weights}/{variant}", grid, run_at, alpha_star=alpha_star)
+            choose_along_grid(
+                ctx, f"{weights}/{variant}", grid, run_at, alpha_star=alpha_star, **ctx.fixed_details(key)
+            )
 
 
 def registered_methods(requested: list[str] | None, scale: Scale) -> list[str]:
@@ -152,7 +160,38 @@ def registered_methods(requested: list[str] | None, scale: Scale) -> list[str]:
     return methods
 
 
-def run_setting(scale: Scale, seed: int, setting: Setting, methods: list[str], out: Path, cache: Path) -> dict:
+def choice_keys(scale: Scale, setting: Setting, methods: list[str]) -> list[str]:
+    """The selection's keys '<setting>/<weights>/<method or variant>' that these methods produce."""
+    families = method_families()
+    keys = []
+    for method in methods:
+        names = variant_names(method) if families[method] == MOX_FAMILY else (method,)
+        keys += [f"{setting.name}/{w}/{name}" for w in scale.weights_of(method, families[method]) for name in names]
+    return keys
+
+
+def fixed_choices(scale: Scale, seed: int, setting: Setting, methods: list[str], out: Path) -> dict:
+    """{key: {"learning_rate", "alpha"}} as the scale's select_on_seed chose them, for a seed that reuses them
+    (empty for the selecting seed); a missing choice stops the run before anything is computed."""
+    if scale.select_on_seed is None or seed == scale.select_on_seed:
+        return {}
+    seed_dir = out / scale.name / f"seed{scale.select_on_seed}"
+    choices = read_json(seed_dir / "selection.json").get("settings", {}).get(setting.name, {}).get("choices", {})
+    fixed = {}
+    for key in choice_keys(scale, setting, methods):
+        run = read_json(seed_dir / f"{choices[key]['run']}.json") if key in choices else {}
+        if "learning_rate" not in run:
+            raise SystemExit(
+                f"seed {seed} reuses seed {scale.select_on_seed}'s selection, which has no {key}: run "
+                f"--seed {scale.select_on_seed} --settings {setting.name} --methods {key.split('/')[-1]} first"
+            )
+        fixed[key] = {"learning_rate": run["learning_rate"], "alpha": run.get("alpha")}
+    return fixed
+
+
+def run_setting(
+    scale: Scale, seed: int, setting: Setting, methods: list[str], out: Path, cache: Path, fixed: dict
+) -> dict:
     ctx = Context(
         scale=scale,
         seed=seed,
@@ -161,6 +200,7 @@ def run_setting(scale: Scale, seed: int, setting: Setting, methods: list[str], o
         cache=cache,
         work_dir=cache / "work" / scale.name / f"seed{seed}" / setting.name,
         base_model=resolve_base_model(scale, cache),
+        fixed=fixed,
     )
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
     prepare_references(ctx)
@@ -210,11 +250,12 @@ def run_benchmark(scale_name, seed, methods=None, out=DEFAULT_OUT, cache=None, s
     if missing := missing_recipes(chosen_methods):
         raise SystemExit(f"no recipe for {missing}: add recipes/tofu/smollm2/<method>_lora.yaml")
     out, cache = Path(out), Path(cache) if cache else default_cache()
+    chosen = [s for s in scale.settings if not settings or s.name in settings]
+    fixed = {s.name: fixed_choices(scale, seed, s, chosen_methods, out) for s in chosen}
     start, seed_dir = time.perf_counter(), out / scale.name / f"seed{seed}"
     seed_dir.mkdir(parents=True, exist_ok=True)
     log(f"scale {scale.name}, seed {seed}, methods {chosen_methods} -> {seed_dir}")
-    chosen = [s for s in scale.settings if not settings or s.name in settings]
-    results = {s.name: run_setting(scale, seed, s, chosen_methods, out, cache) for s in chosen}
+    results = {s.name: run_setting(scale, seed, s, chosen_methods, out, cache, fixed[s.name]) for s in chosen}
     selection_file = seed_dir / "selection.json"
     earlier = read_json(selection_file)
     from llm_unlearn.utils import atomic_write_json

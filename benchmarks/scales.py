@@ -46,6 +46,9 @@ class Scale:
     # the largest that passes, so the choice is the same; the smaller α are not evaluated (10 minutes each at
     # the protocol scale).
     sweep_every_alpha: bool = True
+    # The seed whose selection (learning rate, α*) every other seed reruns as it is; None: each seed selects its
+    # own. Selecting once keeps the other seeds an honest measure of seed-to-seed spread at fixed settings.
+    select_on_seed: int | None = None
 
     def weights_of(self, method: str, family: str) -> tuple[str, ...]:
         """The weights `method` runs with at this scale: the MOX family's, or its own, or the baselines'."""
@@ -82,6 +85,7 @@ def scale_manifest(scale: Scale) -> dict:
         "lr_grid": {f"{family}/{weights}": list(lrs) for (family, weights), lrs in scale.lr_grid.items()},
         "alphas": list(scale.alphas),
         "sweep_every_alpha": scale.sweep_every_alpha,
+        "select_on_seed": scale.select_on_seed,
         "eval_options": scale.eval_options,
         "eval_rows": scale.eval_rows,
         "lora": scale.lora,
@@ -247,6 +251,7 @@ PROTOCOL = Scale(
     fmt={"system_prompt": ""},
     method_weights={method: ("lora", "full") for method in BOTH_WEIGHTS},
     sweep_every_alpha=False,
+    select_on_seed=0,
 )
 
 SCALES = {scale.name: scale for scale in (TOY, CPU, GPU, PROTOCOL)}

@@ -218,6 +218,61 @@ def test_a_failed_run_is_recorded_and_the_benchmark_goes_on(toy_run, tmp_path, m
     assert choices["f1/full/ga"]["evaluated"] == ["f1-full-ga-lr1e-4", "f1-full-ga-lr1e-5"]
 
 
+def test_protocol_rules_stop_the_sweep_at_the_first_pass_and_reuse_seed_0s_choices(toy_run, tmp_path, monkeypatch):
+    """The protocol scale's three rules on the toy model: the α sweep stops at its first passing α (the largest
+    that passes), GA runs on the weights named for it only, and seed 1 reruns exactly seed 0's choices, refusing
+    to start (before any folder exists) while seed 0 has none."""
+    from dataclasses import replace
+
+    _, cache, _ = toy_run
+    scale = replace(
+        rb.SCALES["toy"],
+        name="toy_protocol",
+        alphas=(4.0, 2.0, 0.5),
+        sweep_every_alpha=False,
+        select_on_seed=0,
+        method_weights={"ga": ("lora",)},
+    )
+    monkeypatch.setitem(rb.SCALES, scale.name, scale)
+
+    def passes(result, target, fraction=0.9):  # α = 4 and GA at 1e-3 fail; everything else passes
+        return result.get("alpha") != 4.0 and not (result.get("alpha") is None and result["learning_rate"] == 1e-3)
+
+    monkeypatch.setattr(selection, "passes", passes)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit, match="reuses seed 0's selection, which has no f1/lora/mox"):
+        rb.run_benchmark(scale.name, 1, ["mox", "ga"], out, cache, settings=["f1"])
+    assert not out.exists()
+
+    seed0 = rb.run_benchmark(scale.name, 0, ["mox", "ga"], out, cache, settings=["f1"])
+    assert sorted(p.stem for p in seed0.glob("f1-lora-*")) == [
+        "f1-lora-ga-lr1e-3",
+        "f1-lora-ga-lr1e-4",
+        "f1-lora-mox-lr1e-3-a2",  # a4 failed, a2 passed: a0.5 is never evaluated
+        "f1-lora-mox-lr1e-3-a4",
+        "f1-lora-mox_momentum-lr1e-3-a2",
+    ]
+    assert not list(seed0.glob("f1-full-ga-*"))
+    chosen0 = json.loads((seed0 / "selection.json").read_text())["settings"]["f1"]["choices"]
+    assert chosen0["f1/lora/mox"]["alpha_star"] == 2.0 and "selected_on_seed" not in chosen0["f1/lora/mox"]
+
+    seed1 = rb.run_benchmark(scale.name, 1, ["mox", "ga"], out, cache, settings=["f1"])
+    assert sorted(p.stem for p in seed1.glob("f1-*")) == [
+        "f1-full-mox-lr1e-4-a2",
+        "f1-full-mox_momentum-lr1e-4-a2",
+        "f1-lora-ga-lr1e-4",
+        "f1-lora-mox-lr1e-3-a2",
+        "f1-lora-mox_momentum-lr1e-3-a2",
+        "f1-retain",
+        "f1-target",
+    ]
+    chosen1 = json.loads((seed1 / "selection.json").read_text())["settings"]["f1"]["choices"]
+    assert set(chosen1) == set(chosen0)
+    for key, choice in chosen1.items():
+        assert choice["selected_on_seed"] == 0 and choice["run"] == chosen0[key]["run"], key
+        assert choice["evaluated"] == [choice["run"]], key
+
+
 def test_make_tables_regenerates_the_readme_from_toy_results(toy_run, tmp_path):
     out, _, _ = toy_run
     readme = tmp_path / "README.md"
