@@ -15,7 +15,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from recipe_runs import RECIPES, RecipeRun, evaluate, method_recipe, overrides, read_json, train, yaml_value
+from recipe_runs import REPO, RecipeRun, evaluate, method_recipe, overrides, read_json, train, yaml_value
 from scales import METHOD_SETTINGS, Scale, Setting
 
 from llm_unlearn.runs import PeakMemory
@@ -76,6 +76,10 @@ class Context:
     def fixed_details(self, key: str) -> dict:
         return {"selected_on_seed": self.scale.select_on_seed} if key in self.fixed else {}
 
+    @property
+    def recipes(self) -> Path:
+        return REPO / self.scale.recipes
+
     def result_path(self, run: str) -> Path:
         return self.out_dir / f"{run}.json"
 
@@ -90,8 +94,8 @@ class Context:
         ]
 
     def eval_overrides(self) -> list[str]:
-        options = {**self.scale.eval_options, "rows": self.scale.eval_rows or None}
-        return overrides("evaluation.options", options)
+        rows = {"rows": self.scale.eval_rows} if self.scale.eval_rows else {}  # a TOFU option only
+        return overrides("evaluation.options", {**self.scale.eval_options, **rows})
 
     def method_run(self, method: str, weights: str, lr: float, work: Path, **training) -> RecipeRun:
         """The method's recipe from the target model under the scale's budget, at learning rate `lr`."""
@@ -100,7 +104,7 @@ class Context:
         model = {"name_or_path": self.target_model, "lora": scale.lora if weights == "lora" else None}
         budget = {**scale.unlearn, **settings, "learning_rate": lr, "output_dir": str(work)}
         return RecipeRun(
-            method_recipe(method, weights),
+            method_recipe(method, weights, self.recipes),
             [
                 *overrides("model", model),
                 *self.shared_overrides(),
@@ -139,7 +143,7 @@ def prepare_finetuned(ctx: Context, which: str) -> tuple[str, dict]:
     scale = ctx.scale
     model = {"name_or_path": ctx.base_model, "lora": scale.lora}
     run = RecipeRun(
-        RECIPES / f"finetune_{which}.yaml",
+        ctx.recipes / f"finetune_{which}.yaml",
         [*overrides("model", model), *ctx.shared_overrides(), *overrides("training", scale.finetune)],
     )
     config = run.config()
@@ -207,7 +211,7 @@ def prepare_references(ctx: Context) -> None:
             summary = json.loads(result.read_text())
         else:
             log(f"evaluating the {which} model")
-            run = RecipeRun(RECIPES / "evaluate_retain.yaml", [f"model.name_or_path={yaml_value(model_path)}"])
+            run = RecipeRun(ctx.recipes / "evaluate_retain.yaml", [f"model.name_or_path={yaml_value(model_path)}"])
             run = run.plus(*ctx.shared_overrides(), *ctx.eval_overrides())
             reference = None if which == "retain" else ctx.reference_log
             metrics, seconds, peak = evaluate(run, model_path, eval_dir, reference)
@@ -227,7 +231,7 @@ def prepare_references(ctx: Context) -> None:
             }
             write_result(result, summary)
         if which == "target":
-            ctx.target_utility = summary["metrics"].get("model_utility")
+            ctx.target_utility = summary["metrics"].get(scale.utility_metric)
 
 
 def training_log_tail(work: Path) -> dict:
@@ -260,6 +264,7 @@ def record_run(ctx: Context, name: str, labels: dict, trained: Trained, model_di
         "seed": ctx.seed,
         "setting": ctx.setting.name,
         **labels,
+        "utility_metric": ctx.scale.utility_metric,
         "config": trained.run.config(),
         **trained.run.describe(),
         "target_model": ctx.finetune_info["target"]["config_hash"],

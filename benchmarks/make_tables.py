@@ -19,19 +19,12 @@ from collections import defaultdict
 from pathlib import Path
 
 from run_benchmark import table_rows
+from scales import TOFU_TABLE_METRICS
 
 REPO = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- tables:begin -->", "<!-- tables:end -->"
 SCALE_ORDER = ("protocol", "gpu", "cpu", "toy")
 
-# (metric key, column header) of the main table; arrows follow the evaluation report's convention.
-MAIN_METRICS = (
-    ("forget_quality", "forget quality ↑"),
-    ("model_utility", "model utility ↑"),
-    ("forget_rougeL_recall", "forget ROUGE-L ↓"),
-    ("retain_rougeL_recall", "retain ROUGE-L ↑"),
-    ("privleak", "privleak (→0)"),
-)
 WEIGHTS_ORDER = ("lora", "full")
 
 
@@ -176,6 +169,16 @@ def exports_section(exports: dict | None) -> list[str]:
     return lines
 
 
+def manifest_of(scale: dict) -> dict:
+    """The scale as its selection.json records it (empty before any selection)."""
+    return next(iter(scale["selection"].values()), {}).get("scale", {})
+
+
+def table_metrics(scale: dict) -> tuple:
+    """(metric key, column header) of the scale's tables: its manifest's (older files: TOFU's)."""
+    return tuple(tuple(pair) for pair in manifest_of(scale).get("table_metrics", TOFU_TABLE_METRICS))
+
+
 def fmt_number(value) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "–"
@@ -237,6 +240,7 @@ def cost_key(run: dict) -> tuple[str, str]:
 
 def selected_rows(scale: dict, setting: str, cost: dict | None) -> list[list[str]]:
     """One row per (weights, method) the selection chose, plus the target and retain references."""
+    metrics = table_metrics(scale)
     seeds = sorted(scale["runs"])
     ratios = cost_ratios(cost)
     rows = []
@@ -247,7 +251,7 @@ def selected_rows(scale: dict, setting: str, cost: dict | None) -> list[list[str
             label = "target (before unlearning)" if which == "target" else "retain model (oracle)"
             rows.append(
                 [label, "–", "–", "–"]
-                + [aggregate([r["metrics"].get(k) for r in runs]) for k, _ in MAIN_METRICS]
+                + [aggregate([r["metrics"].get(k) for r in runs]) for k, _ in metrics]
                 + ["–", "–", "–"]
             )
     keys = []
@@ -271,7 +275,7 @@ def selected_rows(scale: dict, setting: str, cost: dict | None) -> list[list[str
         label = method_label(first) + (" (failed)" if failed else "") + ("" if met else " †")
         rows.append(
             [label, first.get("weights", "–"), ", ".join(lrs), ", ".join(alphas) or "–"]
-            + [aggregate([r["metrics"].get(k) for r, _ in chosen]) for k, _ in MAIN_METRICS]
+            + [aggregate([r["metrics"].get(k) for r, _ in chosen]) for k, _ in metrics]
             + [fmt_number(step_ratio), fmt_number(memory_ratio), str(len(chosen))]
         )
     return rows
@@ -320,6 +324,7 @@ def headline_rows(scale: dict, setting: str) -> list[list[str]]:
 
 def alpha_sweep_rows(scale: dict, setting: str) -> list[list[str]]:
     """MOX-LoRA plain at every α of the sweep (the learning rate the selection used)."""
+    metrics = table_metrics(scale)
     seeds = sorted(scale["runs"])
     by_alpha: dict = defaultdict(list)
     for seed in seeds:
@@ -339,13 +344,14 @@ def alpha_sweep_rows(scale: dict, setting: str) -> list[list[str]]:
         runs = by_alpha[alpha]
         rows.append(
             [fmt_number(alpha), fmt_lr(runs[0].get("learning_rate"))]
-            + [aggregate([r["metrics"].get(k) for r in runs]) for k, _ in MAIN_METRICS]
+            + [aggregate([r["metrics"].get(k) for r in runs]) for k, _ in metrics]
         )
     return rows
 
 
 def all_runs_rows(scale: dict, setting: str) -> list[list[str]]:
     """Every evaluated unlearning run (the grid points the rule looked at), seed by seed."""
+    metrics = table_metrics(scale)
     rows = []
     for seed in sorted(scale["runs"]):
         for name, run in sorted(scale["runs"][seed].items()):
@@ -355,14 +361,17 @@ def all_runs_rows(scale: dict, setting: str) -> list[list[str]]:
             wall = run.get("wall_time_s") or {}
             rows.append(
                 [name, str(seed)]
-                + [fmt_number(run.get("metrics", {}).get(k)) for k, _ in MAIN_METRICS]
+                + [fmt_number(run.get("metrics", {}).get(k)) for k, _ in metrics]
                 + [fmt_number(wall.get("train")), fmt_number(wall.get("evaluate")), status]
             )
     return rows
 
 
 def plot_scale(name: str, scale: dict, out: Path) -> Path | None:
-    """Forget quality (log) against model utility: every evaluated run, the selected ones highlighted."""
+    """The scale's plot_axes (forget quality, log, against model utility for TOFU): every evaluated run of every
+    seed, the selected ones highlighted."""
+    x_key, y_key, y_scale = manifest_of(scale).get("plot_axes", ("model_utility", "forget_quality", "log"))
+    headers = dict(table_metrics(scale))
     points, thresholds = [], set()
     for seed, runs in scale["runs"].items():
         for setting_name, setting in scale["selection"].get(seed, {}).get("settings", {}).items():
@@ -371,7 +380,7 @@ def plot_scale(name: str, scale: dict, out: Path) -> Path | None:
             chosen = {c["run"] for c in setting.get("choices", {}).values()}
             for run_name, run in runs.items():
                 metrics = run.get("metrics", {})
-                fq, mu = metrics.get("forget_quality"), metrics.get("model_utility")
+                fq, mu = metrics.get(y_key), metrics.get(x_key)
                 if run.get("setting") != setting_name or fq is None or mu is None:
                     continue
                 if run.get("kind") in ("target", "retain"):
@@ -380,7 +389,8 @@ def plot_scale(name: str, scale: dict, out: Path) -> Path | None:
                     label = method_label(run) + ("" if run.get("weights") == "lora" else f" ({run.get('weights')})")
                     if run.get("alpha") is not None:  # the α sweep's runs (other methods record none)
                         label += f" α={run['alpha']:g}"
-                points.append((label, mu, max(fq, 1e-300), run_name in chosen or run.get("kind") != "unlearn"))
+                y = max(fq, 1e-300) if y_scale == "log" else fq  # a p-value of 0 still gets a point on a log axis
+                points.append((label, mu, y, run_name in chosen or run.get("kind") != "unlearn"))
     if not points:
         return None
     from matplotlib.figure import Figure
@@ -404,10 +414,11 @@ def plot_scale(name: str, scale: dict, out: Path) -> Path | None:
         ax.scatter([], [], s=14, color="0.6", label="other evaluated runs")
         ax.plot([], [], color="0.3", linestyle="--", linewidth=1, label="utility floor (0.9 × target)")
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    ax.set_yscale("log")
-    ax.set_xlabel("model utility")
-    ax.set_ylabel("forget quality (KS p-value, log scale)")
-    ax.set_title(f"{name} scale: forget quality vs model utility (selected runs in colour)")
+    ax.set_yscale(y_scale)
+    x_label, y_label = (headers.get(key, key).rstrip(" ↑↓") for key in (x_key, y_key))
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(f"{y_label} (log scale)" if y_scale == "log" else y_label)
+    ax.set_title(f"{name} scale: {y_label} vs {x_label}, every seed (selected runs in colour)")
     ax.grid(True, which="both", alpha=0.3)
     path = out / name / "forget_quality_vs_utility.png"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -533,7 +544,7 @@ def render(results: Path, readme_dir: Path, write_plots: bool = True) -> str:
             lines += [f"#### {setting}: selected runs", ""]
             if any(t is not None for t in threshold):
                 lines += [f"Utility threshold (0.9 × target): {aggregate(threshold)}.", ""]
-            header = ["method", "weights", "lr", "α"] + [h for _, h in MAIN_METRICS]
+            header = ["method", "weights", "lr", "α"] + [h for _, h in table_metrics(scale)]
             header += ["step cost ×", "memory ×", "seeds"]
             lines += table(header, selected_rows(scale, setting, cost))
             lines += [
@@ -555,9 +566,9 @@ def render(results: Path, readme_dir: Path, write_plots: bool = True) -> str:
             sweep = alpha_sweep_rows(scale, setting)
             if sweep:
                 lines += [f"#### {setting}: MOX-LoRA α sweep", ""]
-                lines += table(["α", "lr"] + [h for _, h in MAIN_METRICS], sweep) + [""]
+                lines += table(["α", "lr"] + [h for _, h in table_metrics(scale)], sweep) + [""]
             lines += [f"<details><summary>{setting}: every evaluated run</summary>", ""]
-            header = ["run", "seed"] + [h for _, h in MAIN_METRICS] + ["train s", "eval s", "status"]
+            header = ["run", "seed"] + [h for _, h in table_metrics(scale)] + ["train s", "eval s", "status"]
             lines += table(header, all_runs_rows(scale, setting)) + ["", "</details>", ""]
         if write_plots:
             plot = plot_scale(name, scale, results)

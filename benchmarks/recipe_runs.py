@@ -27,14 +27,14 @@ def overrides(section: str, values: dict) -> list[str]:
     return [f"{section}.{key}={yaml_value(value)}" for key, value in values.items()]
 
 
-def method_recipe(method: str, weights: str) -> Path:
-    """recipes/tofu/smollm2/<method>_<weights>.yaml, else the method's LoRA recipe (weights set by override)."""
-    own = RECIPES / f"{method}_{weights}.yaml"
-    return own if own.is_file() else RECIPES / f"{method}_lora.yaml"
+def method_recipe(method: str, weights: str, folder: Path = RECIPES) -> Path:
+    """<folder>/<method>_<weights>.yaml, else the method's LoRA recipe (weights set by override)."""
+    own = folder / f"{method}_{weights}.yaml"
+    return own if own.is_file() else folder / f"{method}_lora.yaml"
 
 
-def missing_recipes(methods: list[str]) -> list[str]:
-    return [m for m in methods if not method_recipe(m, "lora").is_file()]
+def missing_recipes(methods: list[str], folder: Path = RECIPES) -> list[str]:
+    return [m for m in methods if not method_recipe(m, "lora", folder).is_file()]
 
 
 @dataclass

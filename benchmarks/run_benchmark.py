@@ -148,7 +148,7 @@ def registered_methods(requested: list[str] | None, scale: Scale) -> list[str]:
     families = method_families()
     if requested and (unknown := [m for m in requested if m not in families]):
         raise SystemExit(f"--methods: unknown {unknown}; registered methods: {', '.join(families)}")
-    methods = list(requested or families)
+    methods = list(requested or scale.methods or families)
     for method in methods:
         family = families[method]
         weights = scale.weights_of(method, family)
@@ -247,8 +247,8 @@ def run_benchmark(scale_name, seed, methods=None, out=DEFAULT_OUT, cache=None, s
         raise SystemExit(f"--settings: unknown {unknown}; scale {scale.name} has {', '.join(known)}")
     chosen_methods = registered_methods(methods, scale)
     check_tofu(scale, tofu)
-    if missing := missing_recipes(chosen_methods):
-        raise SystemExit(f"no recipe for {missing}: add recipes/tofu/smollm2/<method>_lora.yaml")
+    if missing := missing_recipes(chosen_methods, REPO / scale.recipes):
+        raise SystemExit(f"no recipe for {missing} at scale {scale.name}: add {scale.recipes}/<method>_lora.yaml")
     out, cache = Path(out), Path(cache) if cache else default_cache()
     chosen = [s for s in scale.settings if not settings or s.name in settings]
     fixed = {s.name: fixed_choices(scale, seed, s, chosen_methods, out) for s in chosen}

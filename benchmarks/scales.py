@@ -10,6 +10,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 MOX_FAMILY = "mox"  # memorize, then extrapolate: an α sweep and a momentum variant from one memorization run
+TOFU_RECIPES = "recipes/tofu/smollm2"
+# (metric key, column header) of a scale's tables; arrows follow the evaluation report's convention.
+TOFU_TABLE_METRICS = (
+    ("forget_quality", "forget quality ↑"),
+    ("model_utility", "model utility ↑"),
+    ("forget_rougeL_recall", "forget ROUGE-L ↓"),
+    ("retain_rougeL_recall", "retain ROUGE-L ↑"),
+    ("privleak", "privleak (→0)"),
+)
+MUSE_TABLE_METRICS = (
+    ("verbmem_f", "verbmem forget ↓"),
+    ("knowmem_f", "knowmem forget ↓"),
+    ("knowmem_r", "knowmem retain ↑"),
+    ("privleak", "privleak vs retain (→0)"),
+)
 
 
 @dataclass(frozen=True)
@@ -46,6 +61,11 @@ class Scale:
     # the largest that passes, so the choice is the same; the smaller α are not evaluated (10 minutes each at
     # the protocol scale).
     sweep_every_alpha: bool = True
+    recipes: str = TOFU_RECIPES  # the folder of its recipes (finetune_*, evaluate_retain, <method>_lora)
+    utility_metric: str = "model_utility"  # what the selection rule keeps at 0.9 x the target's
+    methods: tuple[str, ...] | None = None  # run by default (None: every registered method)
+    table_metrics: tuple = TOFU_TABLE_METRICS
+    plot_axes: tuple[str, str, str] = ("model_utility", "forget_quality", "log")  # x, y, y-axis scale
     # The seed whose selection (learning rate, α*) every other seed reruns as it is; None: each seed selects its
     # own. Selecting once keeps the other seeds an honest measure of seed-to-seed spread at fixed settings.
     select_on_seed: int | None = None
@@ -90,6 +110,10 @@ def scale_manifest(scale: Scale) -> dict:
         "eval_rows": scale.eval_rows,
         "lora": scale.lora,
         "method_settings": {**METHOD_SETTINGS, **scale.method_settings},
+        "recipes": scale.recipes,
+        "utility_metric": scale.utility_metric,
+        "table_metrics": [list(pair) for pair in scale.table_metrics],
+        "plot_axes": list(scale.plot_axes),
         "families": method_families(),
     }
 
@@ -254,4 +278,34 @@ PROTOCOL = Scale(
     select_on_seed=0,
 )
 
-SCALES = {scale.name: scale for scale in (TOY, CPU, GPU, PROTOCOL)}
+NEWS = Scale(
+    name="news",
+    description="the embedded MUSE-style news (6 forget, 12 retain and 6 holdout articles of invented events), "
+    "SmolLM2-135M-Instruct with LoRA; target (forget + retain) and retain models fine-tuned on the raw articles, "
+    "then every method for 10 epochs of 4 articles with 10 % warm-up; MUSE suite: verbmem on the forget "
+    "articles, knowmem on forget and retain questions, privleak against the retain model; the selection's "
+    "utility is knowmem on retain",
+    base_model="smollm2-135m-instruct",
+    settings=(Setting("news", {"dataset": "synthetic_news", "news_articles": 6}),),
+    baseline_weights=("lora",),
+    mox_weights=("lora",),
+    seeds=(0,),
+    finetune={"learning_rate": 1e-3, "num_train_epochs": 5, "per_device_train_batch_size": 4},
+    unlearn={"num_train_epochs": 10, "per_device_train_batch_size": 4, "warmup_steps": 0.1},
+    lr_grid={
+        ("ascent", "lora"): (1e-3, 3e-4, 1e-4),
+        ("descent", "lora"): (1e-3, 3e-4, 1e-4),
+        (MOX_FAMILY, "lora"): (1e-3, 3e-4),
+    },
+    alphas=(16.0, 8.0, 4.0, 2.0, 1.0, 0.5),
+    eval_options={"batch_size": 8},
+    eval_rows={},
+    fmt={"max_length": 256},  # the whole format section: the news recipes' length limit
+    recipes="recipes/muse/synthetic_news",
+    utility_metric="knowmem_r",
+    methods=("mox", "ga", "grad_diff", "npo", "task_vector"),
+    table_metrics=MUSE_TABLE_METRICS,
+    plot_axes=("knowmem_r", "knowmem_f", "linear"),
+)
+
+SCALES = {scale.name: scale for scale in (TOY, CPU, GPU, PROTOCOL, NEWS)}

@@ -20,8 +20,9 @@ SELECTION_RULE = (
 
 
 def passes(result: dict, target_utility: float | None, fraction: float = UTILITY_FRACTION) -> bool:
-    """Model utility at least `fraction` × the target's; a failed run, a null utility or no target never pass."""
-    utility = (result.get("metrics") or {}).get("model_utility")
+    """Utility (the result's utility_metric; model utility when it names none) at least `fraction` × the
+    target's; a failed run, a null utility or no target never pass."""
+    utility = (result.get("metrics") or {}).get(result.get("utility_metric", "model_utility"))
     if utility is None or target_utility is None:
         return False
     return utility >= fraction * target_utility

@@ -30,7 +30,8 @@ def test_every_registered_method_has_a_recipe_and_every_scale_a_grid():
     assert recipe_runs.missing_recipes(list(METHODS)) == [], "add recipes/tofu/smollm2/<method>_lora.yaml"
     families = rb.method_families()
     for scale in rb.SCALES.values():
-        for method in METHODS:
+        assert recipe_runs.missing_recipes(list(scale.methods or METHODS), recipe_runs.REPO / scale.recipes) == []
+        for method in scale.methods or METHODS:
             for weights in scale.weights_of(method, families[method]):
                 grid = scale.lr_grid[(families[method], weights)]
                 assert list(grid) == sorted(grid, reverse=True), f"{scale.name}: grids run largest first"
@@ -271,6 +272,61 @@ def test_protocol_rules_stop_the_sweep_at_the_first_pass_and_reuse_seed_0s_choic
     for key, choice in chosen1.items():
         assert choice["selected_on_seed"] == 0 and choice["run"] == chosen0[key]["run"], key
         assert choice["evaluated"] == [choice["run"]], key
+
+
+def test_the_news_scale_runs_the_muse_suite_and_selects_on_retain_knowledge(toy_run, tmp_path, monkeypatch):
+    """The news scale's recipes, suite and utility through the same harness, on the toy model and 2 articles."""
+    from dataclasses import replace
+
+    _, cache, _ = toy_run
+    news = rb.SCALES["news"]
+    scale = replace(
+        news,
+        name="toy_news",
+        base_model="tiny",
+        settings=(rb.Setting("news", {**news.settings[0].data, "news_articles": 2}),),
+        finetune={"learning_rate": 1e-3, "num_train_epochs": 1, "per_device_train_batch_size": 4},
+        unlearn={"max_steps": 2, "per_device_train_batch_size": 2, "warmup_steps": 0},
+        lr_grid={("ascent", "lora"): (1e-3,), ("mox", "lora"): (1e-3,)},
+        alphas=(2.0,),
+        eval_options={"batch_size": 4, "knowmem_max_new_tokens": 4, "verbmem_max_new_tokens": 4},
+        lora={"r": 4, "lora_alpha": 8},
+        methods=("mox", "ga"),
+    )
+    monkeypatch.setitem(rb.SCALES, scale.name, scale)
+    seen = []
+
+    def passes(result, target, fraction=0.9):
+        seen.append((result.get("utility_metric"), target))
+        return True
+
+    monkeypatch.setattr(selection, "passes", passes)
+    out = tmp_path / "out"
+    seed_dir = rb.run_benchmark(scale.name, 0, None, out, cache)
+    assert sorted(p.stem for p in seed_dir.glob("news-*")) == [
+        "news-lora-ga-lr1e-3",
+        "news-lora-mox-lr1e-3-a2",
+        "news-lora-mox_momentum-lr1e-3-a2",
+        "news-retain",
+        "news-target",
+    ]
+    target = json.loads((seed_dir / "news-target.json").read_text())
+    assert {"verbmem_f", "knowmem_f", "knowmem_r"} <= set(target["metrics"])
+    assert seen and all(metric == "knowmem_r" for metric, _ in seen)
+    assert {target_utility for _, target_utility in seen} == {target["metrics"]["knowmem_r"]}
+    ga = json.loads((seed_dir / "news-lora-ga-lr1e-3.json").read_text())
+    assert ga["recipe"] == "recipes/muse/synthetic_news/ga_lora.yaml" and ga["config"]["evaluation"]["suite"] == "muse"
+    assert ga["metrics"]["privleak"] is not None  # against the retain model's log
+
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- tables:begin -->\n<!-- tables:end -->\n")
+    assert make_tables.main(["--results", str(out), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    header = next(line for line in text.splitlines() if line.startswith("| method |"))
+    assert "knowmem retain ↑" in header and "forget quality" not in header
+    row = next(line for line in text.splitlines() if line.startswith("| ga | lora |"))
+    assert make_tables.fmt_number(ga["metrics"]["knowmem_r"]) in row
+    assert (out / "toy_news" / "forget_quality_vs_utility.png").stat().st_size > 1000
 
 
 def test_make_tables_regenerates_the_readme_from_toy_results(toy_run, tmp_path):

@@ -251,7 +251,7 @@ def test_synthetic_news_unlearn_and_muse_eval(tiny_dir, tmp_path):
         "evaluation.options.knowmem_max_new_tokens=4",
         "evaluation.options.verbmem_max_new_tokens=4",
     ]
-    path = REPO / "recipes" / "muse" / "synthetic_news_mox_lora.yaml"
+    path = REPO / "recipes" / "muse" / "synthetic_news" / "mox_lora.yaml"
     run_extrapolate(load_spec(str(path), overrides), RunOptions())
     eval_dir = run_evaluate(load_spec(str(path), overrides + ["evaluation.reference_log=null"]), RunOptions())
     summary = json.loads((eval_dir / "summary.json").read_text())
