@@ -41,6 +41,21 @@ def test_recipes_exist():
     assert {p.stem for p in ACCELERATE} >= {"cpu_2proc", "ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3"}
 
 
+LARGER_MODEL_RECIPES = sorted(
+    [*(REPO / "recipes" / "tofu").glob("llama2_7b/*.yaml"), *(REPO / "recipes" / "tofu").glob("phi15/*.yaml")]
+    + list((REPO / "recipes" / "muse").glob("news_*.yaml"))
+)
+
+
+@pytest.mark.parametrize("path", LARGER_MODEL_RECIPES, ids=lambda p: p.relative_to(REPO).as_posix())
+def test_larger_model_recipes_say_what_is_published_and_what_is_a_guess(path):
+    """Recipes for models this project cannot run here say, in one header line, which settings come from a paper
+    and that the rest (and the whole recipe on that model) is untested."""
+    provenance = [line for line in path.read_text().splitlines() if line.startswith("# Provenance:")]
+    assert len(provenance) == 1, f"{path}: add one '# Provenance:' header line"
+    assert "untested" in provenance[0] and ("paper" in provenance[0] or "guess" in provenance[0])
+
+
 def launch_line(path: Path) -> list[str]:
     """The `accelerate launch ...` command shown in the recipe's header comment, split into words."""
     header = [line for line in path.read_text().splitlines() if line.startswith("#")]
