@@ -11,6 +11,7 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
+import apply_selection  # noqa: E402
 import harness  # noqa: E402
 import make_tables  # noqa: E402
 import recipe_runs  # noqa: E402
@@ -327,6 +328,59 @@ def test_the_news_scale_runs_the_muse_suite_and_selects_on_retain_knowledge(toy_
     row = next(line for line in text.splitlines() if line.startswith("| ga | lora |"))
     assert make_tables.fmt_number(ga["metrics"]["knowmem_r"]) in row
     assert (out / "toy_news" / "forget_quality_vs_utility.png").stat().st_size > 1000
+
+
+def test_apply_selection_gives_each_recipe_its_chosen_settings_and_names_the_result(toy_run, tmp_path):
+    import yaml
+
+    from llm_unlearn.stages import load_spec
+
+    out, _, seed_dir = toy_run
+    plans = apply_selection.planned(rb.SCALES["toy"], 0, "f1", out)
+    recipes = recipe_runs.RECIPES
+    assert set(plans) == {recipes / f"{stem}.yaml" for stem in ("ga_lora", "mox_lora", "mox_momentum_lora", "mox_full")}
+    ga = plans[recipes / "ga_lora.yaml"]
+    assert (
+        ga.splitlines()[1]
+        == f"{apply_selection.HEADER} {(seed_dir / 'f1-lora-ga-lr1e-4.json').as_posix()} (toy scale, seed 0)"
+    )
+    assert ga.splitlines()[0] == (recipes / "ga_lora.yaml").read_text().splitlines()[0]
+    training = yaml.safe_load(ga)["training"]
+    assert training["learning_rate"] == 1e-4 and training["max_steps"] == 2 and training["warmup_steps"] == 0
+    assert training["per_device_train_batch_size"] == 2 and training["output_dir"].endswith("_{forget_split}")
+    plain = yaml.safe_load(plans[recipes / "mox_lora.yaml"])["training"]
+    assert (plain["alpha"], plain["alphas"], plain["momentum"]) == (0.5, [2.0], False)
+    assert "momentum_refresh" not in plain
+    momentum = yaml.safe_load(plans[recipes / "mox_momentum_lora.yaml"])["training"]
+    assert momentum["momentum"] is True and momentum["momentum_refresh"] == "steps" and momentum["alpha"] == 0.5
+    for path, text in plans.items():  # still a valid recipe
+        written = tmp_path / path.name
+        written.write_text(text)
+        load_spec(str(written), [])
+
+
+SELECTED_RECIPE_FOLDERS = sorted({scale.recipes for scale in rb.SCALES.values()})
+
+
+@pytest.mark.parametrize(("scale", "setting"), [("protocol", "forget01"), ("news", "news")])
+def test_shipped_recipes_agree_with_the_committed_selection(scale, setting):
+    if not (BENCHMARKS / "results" / scale / "seed0" / "selection.json").is_file():
+        pytest.skip(f"no committed {scale} selection yet")
+    assert apply_selection.main(["--scale", scale, "--setting", setting, "--check"]) == 0
+
+
+def test_a_recipe_names_a_selection_only_while_that_selection_chooses_it():
+    planned = set()
+    for scale, setting in (("protocol", "forget01"), ("news", "news")):
+        if (BENCHMARKS / "results" / scale / "seed0" / "selection.json").is_file():
+            planned |= set(apply_selection.planned(rb.SCALES[scale], 0, setting, BENCHMARKS / "results"))
+    claiming = {
+        path
+        for folder in SELECTED_RECIPE_FOLDERS
+        for path in (recipe_runs.REPO / folder).glob("*.yaml")
+        if apply_selection.HEADER in path.read_text()
+    }
+    assert claiming <= planned
 
 
 def test_make_tables_regenerates_the_readme_from_toy_results(toy_run, tmp_path):
