@@ -197,8 +197,8 @@ def choice_order(key: str) -> tuple:
     """Choice keys are '<setting>/<weights>/<method or variant>'. Rows follow the method registry, each method
     followed by its family's variants (run_benchmark.table_rows); names it does not know come last."""
     _, weights, method = key.split("/")
-    row_order = list(table_rows())
-    rank = row_order.index(method) if method in row_order else len(row_order)
+    row_order, base = list(table_rows()), method.partition("+")[0]  # a MOX variant follows its base row
+    rank = row_order.index(base) if base in row_order else len(row_order)
     return (WEIGHTS_ORDER.index(weights) if weights in WEIGHTS_ORDER else len(WEIGHTS_ORDER), rank, method)
 
 
@@ -217,9 +217,15 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
+def variant_label(variant: str) -> str:
+    """A table row's label: the registry's, with a MOX variant's name in brackets (mox+kl4 -> MOX [kl4])."""
+    base, _, change = variant.partition("+")
+    label = table_rows().get(base, base)
+    return f"{label} [{change}]" if change else label
+
+
 def method_label(run: dict) -> str:
-    variant = run.get("variant") or run.get("method")
-    return table_rows().get(variant, variant)
+    return variant_label(run.get("variant") or run.get("method"))
 
 
 def cost_ratios(cost: dict | None) -> dict:

@@ -9,7 +9,7 @@ import shutil
 
 from harness import Context, Trained, alpha_tag, export_dir, failure, log, lr_tag, record_run, train_run
 from recipe_runs import extrapolate, overrides, yaml_value
-from scales import MOX_FAMILY
+from scales import MOX_FAMILY, MoxVariant
 
 VARIANTS = ("", "_momentum")  # suffixes of the result names: plain, momentum
 PLAIN_NOTE = (
@@ -19,8 +19,10 @@ PLAIN_NOTE = (
 MOMENTUM_NOTE = "momentum θ̄_for exported by the memorization run"
 
 
-def variant_names(method: str) -> tuple[str, str]:
-    plain, momentum = (f"{method}{suffix}" for suffix in VARIANTS)
+def variant_names(method: str, change: MoxVariant | None = None) -> tuple[str, str]:
+    """(plain, momentum) result names of `method`, suffixed +<name> for a variant of its memorization run."""
+    tag = f"+{change.name}" if change else ""
+    plain, momentum = (f"{method}{suffix}{tag}" for suffix in VARIANTS)
     return plain, momentum
 
 
@@ -29,22 +31,33 @@ def run_name(ctx: Context, weights: str, variant: str, lr: float, alpha: float) 
 
 
 def mox_grid_point(
-    ctx: Context, method: str, weights: str, lr: float, plain_alphas: list[float], momentum_alpha: float | None
+    ctx: Context,
+    method: str,
+    weights: str,
+    lr: float,
+    plain_alphas: list[float],
+    momentum_alpha: float | None,
+    change: MoxVariant | None = None,
 ) -> dict:
     """Results {(variant, α): result} for the plain θ_for at `plain_alphas` and the momentum θ̄_for at
-    `momentum_alpha`. Results already on disk are read, and nothing is trained when all exist."""
-    plain, momentum = variant_names(method)
+    `momentum_alpha`, of the memorization run changed by `change` if given. Results already on disk are read,
+    and nothing is trained when all exist."""
+    plain, momentum = variant_names(method, change)
     wanted = [(plain, a) for a in plain_alphas] + ([(momentum, momentum_alpha)] if momentum_alpha else [])
     paths = {(variant, a): ctx.result_path(run_name(ctx, weights, variant, lr, a)) for variant, a in wanted}
     results = {key: json.loads(path.read_text()) for key, path in paths.items() if path.is_file()}
     missing = [key for key in wanted if key not in results]
     if not missing:
         return results
-    work = ctx.work_dir / f"{ctx.setting.name}-{weights}-{method}-lr{lr_tag(lr)}"
+    tag = f"+{change.name}" if change else ""
+    work = ctx.work_dir / f"{ctx.setting.name}-{weights}-{method}{tag}-lr{lr_tag(lr)}"
     # The run exports the momentum model for the whole α sweep, so a later call for α* reuses it as it is.
-    sweep = list(ctx.scale.alphas)
-    memorize = ctx.method_run(method, weights, lr, work, momentum=True, alpha=sweep[0], alphas=sweep[1:])
+    sweep = list(change.alphas if change and change.alphas else ctx.scale.alphas)
+    extra = change.training if change else {}
+    memorize = ctx.method_run(method, weights, lr, work, **extra, momentum=True, alpha=sweep[0], alphas=sweep[1:])
     labels = {"method": method, "family": MOX_FAMILY, "weights": weights, "learning_rate": lr}
+    if change:
+        labels["mox_variant"] = {"name": change.name, "description": change.description, "training": extra}
     try:
         log(f"training MOX memorization {work.name}")
         trained = train_run(memorize, [export_dir(work, a, sweep[0]) for v, a in missing if v == momentum])
@@ -80,5 +93,5 @@ def mox_grid_point(
     return results
 
 
-def sweep_names(ctx: Context, method: str, weights: str, lr: float, alphas) -> list[str]:
-    return [run_name(ctx, weights, variant_names(method)[0], lr, a) for a in alphas]
+def sweep_names(ctx: Context, method: str, weights: str, lr: float, alphas, change=None) -> list[str]:
+    return [run_name(ctx, weights, variant_names(method, change)[0], lr, a) for a in alphas]

@@ -39,9 +39,9 @@ from harness import (
     runtime_info,
     train_run,
 )
-from mox_runs import VARIANTS, mox_grid_point, sweep_names, variant_names
+from mox_runs import VARIANTS, mox_grid_point, run_name, sweep_names, variant_names
 from recipe_runs import REPO, missing_recipes, read_json
-from scales import MOX_FAMILY, SCALES, Scale, Setting, method_families, scale_manifest, with_tofu
+from scales import MOX_FAMILY, SCALES, MoxVariant, Scale, Setting, method_families, scale_manifest, with_tofu
 
 DEFAULT_OUT = REPO / "benchmarks" / "results"
 VARIANT_LABELS = {"": "", "_momentum": "-momentum"}  # suffix of a MOX variant's name in the tables
@@ -92,16 +92,16 @@ def run_baseline(ctx: Context, method: str, weights: str) -> None:
     choose_along_grid(ctx, f"{weights}/{method}", ctx.grid(key, family, weights), run_at, **ctx.fixed_details(key))
 
 
-def alpha_sweep(ctx: Context, method: str, weights: str, lr: float, alphas: list[float]) -> dict[float, dict]:
-    """Plain MOX at `lr` over the α sweep: {α: result}. Every α, or (scale.sweep_every_alpha False) largest
-    first until one passes the rule, which is then the largest that passes."""
-    plain = variant_names(method)[0]
+def alpha_sweep(ctx: Context, method: str, weights: str, lr: float, alphas: list[float], change=None) -> dict:
+    """Plain MOX (or a variant of it) at `lr` over the α sweep: {α: result}. Every α, or (scale.sweep_every_alpha
+    False) largest first until one passes the rule, which is then the largest that passes."""
+    plain = variant_names(method, change)[0]
     if ctx.scale.sweep_every_alpha:
-        results = mox_grid_point(ctx, method, weights, lr, alphas, None)
+        results = mox_grid_point(ctx, method, weights, lr, alphas, None, change)
         return {alpha: results[(plain, alpha)] for alpha in alphas}
     sweep = {}
     for alpha in alphas:
-        sweep[alpha] = mox_grid_point(ctx, method, weights, lr, [alpha], None)[(plain, alpha)]
+        sweep[alpha] = mox_grid_point(ctx, method, weights, lr, [alpha], None, change)[(plain, alpha)]
         if selection.passes(sweep[alpha], ctx.target_utility):
             break
     return sweep
@@ -141,6 +141,33 @@ def run_mox(ctx: Context, method: str) -> None:
             choose_along_grid(
                 ctx, f"{weights}/{variant}", grid, run_at, alpha_star=alpha_star, **ctx.fixed_details(key)
             )
+    for change in ctx.scale.mox_variants:
+        run_mox_variant(ctx, method, change, lr_star, alpha_star)
+
+
+def run_mox_variant(ctx: Context, method: str, change: MoxVariant, lr_star: float, alpha_star: float) -> None:
+    """One MOX variant on the first weights at plain MOX's lr*: a momentum variant at α*, any other over its own
+    α sweep with the same rule (its α is then chosen like α*)."""
+    weights = ctx.scale.mox_weights[0]
+    plain, momentum = variant_names(method, change)
+    name = momentum if change.momentum else plain
+    key = f"{ctx.setting.name}/{weights}/{name}"
+    lr = ctx.fixed[key]["learning_rate"] if key in ctx.fixed else lr_star
+    if change.momentum:
+        sweep = {alpha_star: mox_grid_point(ctx, method, weights, lr, [], alpha_star, change)[(momentum, alpha_star)]}
+    else:
+        alphas = [ctx.fixed[key]["alpha"]] if key in ctx.fixed else list(change.alphas or ctx.scale.alphas)
+        sweep = alpha_sweep(ctx, method, weights, lr, alphas, change)
+    best = selection.alpha_star(sweep, ctx.target_utility)
+    chosen = best if best is not None else min(sweep)
+    ctx.choices[key] = {
+        "run": run_name(ctx, weights, name, lr, chosen),
+        "met_rule": best is not None,
+        "evaluated": [run_name(ctx, weights, name, lr, alpha) for alpha in sweep],
+        "alpha_star": chosen,
+        "mox_variant": change.name,
+        **ctx.fixed_details(key),
+    }
 
 
 def registered_methods(requested: list[str] | None, scale: Scale) -> list[str]:
@@ -167,6 +194,10 @@ def choice_keys(scale: Scale, setting: Setting, methods: list[str]) -> list[str]
     for method in methods:
         names = variant_names(method) if families[method] == MOX_FAMILY else (method,)
         keys += [f"{setting.name}/{w}/{name}" for w in scale.weights_of(method, families[method]) for name in names]
+        if families[method] == MOX_FAMILY:
+            for change in scale.mox_variants:
+                name = variant_names(method, change)[1 if change.momentum else 0]
+                keys.append(f"{setting.name}/{scale.mox_weights[0]}/{name}")
     return keys
 
 

@@ -7,7 +7,7 @@ benchmark's `--tofu` argument. `scale_manifest` is the scale as selection.json r
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 
 MOX_FAMILY = "mox"  # memorize, then extrapolate: an α sweep and a momentum variant from one memorization run
 TOFU_RECIPES = "recipes/tofu/smollm2"
@@ -33,6 +33,17 @@ class Setting:
 
     name: str
     data: dict
+
+
+@dataclass(frozen=True)
+class MoxVariant:
+    """A change to MOX's memorization run, measured at MOX-LoRA's selected learning rate with the same rule."""
+
+    name: str  # suffix of its result names and selection keys (mox+<name>)
+    description: str
+    training: dict  # overrides of the memorization run
+    momentum: bool = False  # True: the momentum export at the plain sweep's α*; False: plain, over its own sweep
+    alphas: tuple[float, ...] = ()  # its own α sweep, largest first (empty: the scale's)
 
 
 @dataclass(frozen=True)
@@ -66,6 +77,7 @@ class Scale:
     methods: tuple[str, ...] | None = None  # run by default (None: every registered method)
     table_metrics: tuple = TOFU_TABLE_METRICS
     plot_axes: tuple[str, str, str] = ("model_utility", "forget_quality", "log")  # x, y, y-axis scale
+    mox_variants: tuple[MoxVariant, ...] = ()
     # The seed whose selection (learning rate, α*) every other seed reruns as it is; None: each seed selects its
     # own. Selecting once keeps the other seeds an honest measure of seed-to-seed spread at fixed settings.
     select_on_seed: int | None = None
@@ -114,6 +126,7 @@ def scale_manifest(scale: Scale) -> dict:
         "utility_metric": scale.utility_metric,
         "table_metrics": [list(pair) for pair in scale.table_metrics],
         "plot_axes": list(scale.plot_axes),
+        "mox_variants": [asdict(variant) for variant in scale.mox_variants],
         "families": method_families(),
     }
 
@@ -232,6 +245,23 @@ GPU = Scale(
     use_cpu=False,
 )
 
+# What could change MOX's standing against GA and NPO (each measured after the plain comparison, --methods mox).
+PROTOCOL_MOX_VARIANTS = (
+    MoxVariant(
+        "refresh_epoch",
+        "momentum refreshed once per epoch instead of every step (10 refreshes over the run)",
+        {"momentum_refresh": "epoch"},
+        momentum=True,
+    ),
+    MoxVariant("npo_forget", "NPO-form forget loss in the memorization run (β 0.1)", {"forget_loss": "npo"}),
+    MoxVariant(
+        "kl4",
+        "retain KL weight 4 (a memorization that moves the retain outputs less), α up to 64",
+        {"kl_weight": 4.0},
+        alphas=(64.0, 32.0, 16.0, 8.0, 4.0, 2.0),
+    ),
+)
+
 # The methods the issue's comparison runs on both LoRA and full weights; the other baselines run LoRA only.
 BOTH_WEIGHTS = ("ga", "grad_diff", "npo", "task_vector")
 
@@ -276,6 +306,7 @@ PROTOCOL = Scale(
     method_weights={method: ("lora", "full") for method in BOTH_WEIGHTS},
     sweep_every_alpha=False,
     select_on_seed=0,
+    mox_variants=PROTOCOL_MOX_VARIANTS,
 )
 
 NEWS = Scale(

@@ -221,9 +221,10 @@ def test_a_failed_run_is_recorded_and_the_benchmark_goes_on(toy_run, tmp_path, m
 
 
 def test_protocol_rules_stop_the_sweep_at_the_first_pass_and_reuse_seed_0s_choices(toy_run, tmp_path, monkeypatch):
-    """The protocol scale's three rules on the toy model: the α sweep stops at its first passing α (the largest
-    that passes), GA runs on the weights named for it only, and seed 1 reruns exactly seed 0's choices, refusing
-    to start (before any folder exists) while seed 0 has none."""
+    """The protocol scale's rules on the toy model: the α sweep stops at its first passing α (the largest that
+    passes), GA runs on the weights named for it only, MOX variants run at plain MOX's lr* (a momentum variant at
+    its α*, another over its own sweep), and seed 1 reruns exactly seed 0's choices, refusing to start (before
+    any folder exists) while seed 0 has none."""
     from dataclasses import replace
 
     _, cache, _ = toy_run
@@ -234,6 +235,10 @@ def test_protocol_rules_stop_the_sweep_at_the_first_pass_and_reuse_seed_0s_choic
         sweep_every_alpha=False,
         select_on_seed=0,
         method_weights={"ga": ("lora",)},
+        mox_variants=(
+            rb.MoxVariant("kl2", "retain KL weight 2", {"kl_weight": 2.0}, alphas=(8.0, 4.0)),
+            rb.MoxVariant("refresh_epoch", "per-epoch refresh", {"momentum_refresh": "epoch"}, momentum=True),
+        ),
     )
     monkeypatch.setitem(rb.SCALES, scale.name, scale)
 
@@ -250,11 +255,17 @@ def test_protocol_rules_stop_the_sweep_at_the_first_pass_and_reuse_seed_0s_choic
     assert sorted(p.stem for p in seed0.glob("f1-lora-*")) == [
         "f1-lora-ga-lr1e-3",
         "f1-lora-ga-lr1e-4",
+        "f1-lora-mox+kl2-lr1e-3-a8",  # the variant's own sweep: a8 passes first
         "f1-lora-mox-lr1e-3-a2",  # a4 failed, a2 passed: a0.5 is never evaluated
         "f1-lora-mox-lr1e-3-a4",
+        "f1-lora-mox_momentum+refresh_epoch-lr1e-3-a2",  # a momentum variant at plain MOX's α*
         "f1-lora-mox_momentum-lr1e-3-a2",
     ]
     assert not list(seed0.glob("f1-full-ga-*"))
+    kl2 = json.loads((seed0 / "f1-lora-mox+kl2-lr1e-3-a8.json").read_text())
+    assert kl2["config"]["training"]["kl_weight"] == 2.0 and kl2["mox_variant"]["name"] == "kl2"
+    epoch = json.loads((seed0 / "f1-lora-mox_momentum+refresh_epoch-lr1e-3-a2.json").read_text())
+    assert epoch["config"]["training"]["momentum_refresh"] == "epoch" and epoch["config"]["training"]["momentum"]
     chosen0 = json.loads((seed0 / "selection.json").read_text())["settings"]["f1"]["choices"]
     assert chosen0["f1/lora/mox"]["alpha_star"] == 2.0 and "selected_on_seed" not in chosen0["f1/lora/mox"]
 
@@ -263,7 +274,9 @@ def test_protocol_rules_stop_the_sweep_at_the_first_pass_and_reuse_seed_0s_choic
         "f1-full-mox-lr1e-4-a2",
         "f1-full-mox_momentum-lr1e-4-a2",
         "f1-lora-ga-lr1e-4",
+        "f1-lora-mox+kl2-lr1e-3-a8",
         "f1-lora-mox-lr1e-3-a2",
+        "f1-lora-mox_momentum+refresh_epoch-lr1e-3-a2",
         "f1-lora-mox_momentum-lr1e-3-a2",
         "f1-retain",
         "f1-target",
