@@ -491,6 +491,31 @@ def devices_line(scale: dict) -> str:
     return f"Measured on: {'; '.join(machines)}."
 
 
+def chunk_rows(scale: dict) -> list[list[str]]:
+    """One row per recorded invocation of run_benchmark.py (an older selection file: its last one only)."""
+    rows = []
+    for seed in sorted(scale["selection"]):
+        record = scale["selection"][seed]
+        last = {
+            "settings": list(record.get("settings", {})),
+            "methods": record.get("methods", []),
+            "wall_time_s": record.get("wall_time_s_this_invocation"),
+            "git_commit": (record.get("environment") or {}).get("git_commit"),
+        }
+        for chunk in record.get("invocations") or ([last] if last["wall_time_s"] is not None else []):
+            rows.append(
+                [
+                    str(seed),
+                    ", ".join(chunk["settings"]),
+                    ", ".join(chunk["methods"]),
+                    fmt_number(chunk["wall_time_s"] / 60),
+                    chunk.get("finished", "–"),
+                    (chunk.get("git_commit") or "–")[:7],
+                ]
+            )
+    return rows
+
+
 def protocol_notes(manifest: dict) -> list[str]:
     """What a scale's manifest says about how its rows were chosen, beyond the rule (empty for older files)."""
     notes = []
@@ -576,6 +601,11 @@ def render(results: Path, readme_dir: Path, write_plots: bool = True) -> str:
             lines += [f"<details><summary>{setting}: every evaluated run</summary>", ""]
             header = ["run", "seed"] + [h for _, h in table_metrics(scale)] + ["train s", "eval s", "status"]
             lines += table(header, all_runs_rows(scale, setting)) + ["", "</details>", ""]
+        chunks = chunk_rows(scale)
+        if chunks:
+            lines += [f"<details><summary>{name}: chunks run (one invocation each)</summary>", ""]
+            lines += table(["seed", "settings", "methods", "wall time (min)", "finished", "commit"], chunks)
+            lines += ["", "</details>", ""]
         if write_plots:
             plot = plot_scale(name, scale, results)
             if plot is not None:

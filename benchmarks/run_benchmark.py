@@ -295,7 +295,12 @@ def run_benchmark(scale_name, seed, methods=None, out=DEFAULT_OUT, cache=None, s
     record = {"rule": selection.SELECTION_RULE, "utility_fraction": selection.UTILITY_FRACTION}
     record |= {"scale": scale_manifest(scale), "seed": seed, "methods": every_method}
     record |= {"settings": merged_settings(earlier.get("settings", {}), results)}
-    record |= {"wall_time_s_this_invocation": round(time.perf_counter() - start, 1), "environment": runtime_info()}
+    seconds, environment = round(time.perf_counter() - start, 1), runtime_info()
+    # Every invocation (chunk) of this seed so far: what it ran and how long it took.
+    chunk = {"settings": [s.name for s in chosen], "methods": chosen_methods, "wall_time_s": seconds}
+    chunk |= {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "git_commit": environment.get("git_commit")}
+    record |= {"invocations": [*earlier.get("invocations", []), chunk]}
+    record |= {"wall_time_s_this_invocation": seconds, "environment": environment}
     atomic_write_json(selection_file, record)
     log(f"done in {(time.perf_counter() - start) / 60:.1f} min -> {seed_dir}")
     return seed_dir

@@ -323,12 +323,9 @@ NEWS = Scale(
     seeds=(0,),
     finetune={"learning_rate": 1e-3, "num_train_epochs": 5, "per_device_train_batch_size": 4},
     unlearn={"num_train_epochs": 10, "per_device_train_batch_size": 4, "warmup_steps": 0.1},
-    lr_grid={
-        ("ascent", "lora"): (1e-3, 3e-4, 1e-4),
-        ("descent", "lora"): (1e-3, 3e-4, 1e-4),
-        (MOX_FAMILY, "lora"): (1e-3, 3e-4),
-    },
-    alphas=(16.0, 8.0, 4.0, 2.0, 1.0, 0.5),
+    # The protocol's LoRA grids for the families of its methods (also about 20 optimizer steps per run).
+    lr_grid={key: lrs for key, lrs in PROTOCOL.lr_grid.items() if key[1] == "lora" and key[0] != "representation"},
+    alphas=PROTOCOL.alphas,
     eval_options={"batch_size": 8},
     eval_rows={},
     fmt={"max_length": 256},  # the whole format section: the news recipes' length limit

@@ -281,7 +281,13 @@ def test_protocol_rules_stop_the_sweep_at_the_first_pass_and_reuse_seed_0s_choic
         "f1-retain",
         "f1-target",
     ]
-    chosen1 = json.loads((seed1 / "selection.json").read_text())["settings"]["f1"]["choices"]
+    record1 = json.loads((seed1 / "selection.json").read_text())
+    assert [c["methods"] for c in record1["invocations"]] == [["mox", "ga"]] and record1["invocations"][0][
+        "wall_time_s"
+    ] > 0
+    rows = make_tables.chunk_rows({"selection": {1: record1}})
+    assert rows[0][:3] == ["1", "f1", "mox, ga"]
+    chosen1 = record1["settings"]["f1"]["choices"]
     assert set(chosen1) == set(chosen0)
     for key, choice in chosen1.items():
         assert choice["selected_on_seed"] == 0 and choice["run"] == chosen0[key]["run"], key
