@@ -12,6 +12,7 @@ import os
 import shutil
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,6 +52,10 @@ def export_dir(run_dir: Path, alpha: float, first_alpha: float) -> Path:
     return run_dir / ("unlearned" if alpha == first_alpha else f"alpha_{alpha:g}")
 
 
+class NotRecorded(Exception):
+    """A --recorded-only invocation needed a run whose result is not on disk: its choice is left out."""
+
+
 @dataclass
 class Context:
     scale: Scale
@@ -68,6 +73,12 @@ class Context:
     choices: dict = field(default_factory=dict)
     # choice key -> {"learning_rate", "alpha"} chosen on the scale's select_on_seed (empty: select here)
     fixed: dict = field(default_factory=dict)
+    recorded_only: bool = False  # never train or evaluate an unlearning run: read results on disk, else NotRecorded
+    checkpoint: Callable[[], None] = lambda: None  # called after every choice (rewrites selection.json)
+
+    def check_recorded(self, name: str) -> None:
+        if self.recorded_only:
+            raise NotRecorded(f"{self.result_path(name).name} is not on disk")
 
     def grid(self, key: str, family: str, weights: str) -> tuple[float, ...]:
         """The learning rates to try for choice `key`: the selecting seed's choice, or the family's grid."""

@@ -49,6 +49,8 @@ def mox_grid_point(
     missing = [key for key in wanted if key not in results]
     if not missing:
         return results
+    first_variant, first_alpha = missing[0]
+    ctx.check_recorded(run_name(ctx, weights, first_variant, lr, first_alpha))
     tag = f"+{change.name}" if change else ""
     work = ctx.work_dir / f"{ctx.setting.name}-{weights}-{method}{tag}-lr{lr_tag(lr)}"
     # The run exports the momentum model for the whole α sweep, so a later call for α* reuses it as it is.

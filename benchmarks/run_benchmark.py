@@ -29,6 +29,7 @@ import selection
 from harness import (
     DEFAULT_TOFU,
     Context,
+    NotRecorded,
     default_cache,
     failure,
     log,
@@ -67,6 +68,7 @@ def choose_along_grid(ctx: Context, choice: str, grid, run_at, **details) -> Non
         results.append(run_at(lr))
     entry = selection.grid_choice(results, ctx.target_utility)
     ctx.choices[f"{ctx.setting.name}/{choice}"] = {**entry, **details}
+    ctx.checkpoint()
 
 
 def run_baseline(ctx: Context, method: str, weights: str) -> None:
@@ -77,6 +79,7 @@ def run_baseline(ctx: Context, method: str, weights: str) -> None:
         name = f"{ctx.setting.name}-{weights}-{method}-lr{lr_tag(lr)}"
         if ctx.result_path(name).is_file():
             return read_json(ctx.result_path(name))
+        ctx.check_recorded(name)
         work = ctx.work_dir / name
         labels = {"method": method, "variant": method, "family": family, "weights": weights, "learning_rate": lr}
         try:
@@ -127,6 +130,7 @@ def run_mox(ctx: Context, method: str) -> None:
         "alpha_sweep": True,
         **ctx.fixed_details(key),
     }
+    ctx.checkpoint()
     for weights in ctx.scale.mox_weights:  # the momentum run at α* reuses the memorization run of lr*
         variants = (momentum,) if weights == first else (plain, momentum)
         for variant in variants:
@@ -168,6 +172,7 @@ def run_mox_variant(ctx: Context, method: str, change: MoxVariant, lr_star: floa
         "mox_variant": change.name,
         **ctx.fixed_details(key),
     }
+    ctx.checkpoint()
 
 
 def registered_methods(requested: list[str] | None, scale: Scale) -> list[str]:
@@ -220,30 +225,8 @@ def fixed_choices(scale: Scale, seed: int, setting: Setting, methods: list[str],
     return fixed
 
 
-def run_setting(
-    scale: Scale, seed: int, setting: Setting, methods: list[str], out: Path, cache: Path, fixed: dict
-) -> dict:
-    ctx = Context(
-        scale=scale,
-        seed=seed,
-        setting=setting,
-        out_dir=out / scale.name / f"seed{seed}",
-        cache=cache,
-        work_dir=cache / "work" / scale.name / f"seed{seed}" / setting.name,
-        base_model=resolve_base_model(scale, cache),
-        fixed=fixed,
-    )
-    ctx.out_dir.mkdir(parents=True, exist_ok=True)
-    prepare_references(ctx)
-    log(f"{setting.name}: target model utility {ctx.target_utility}")
-    families = method_families()
-    for method in methods:
-        if families[method] == MOX_FAMILY:
-            run_mox(ctx, method)
-    for weights in WEIGHTS:  # every method's LoRA runs before any full-weight run
-        for method in methods:
-            if families[method] != MOX_FAMILY and weights in scale.weights_of(method, families[method]):
-                run_baseline(ctx, method, weights)
+def setting_summary(ctx: Context) -> dict:
+    """What selection.json records for one setting: the target's utility, the threshold and the choices so far."""
     threshold = None if ctx.target_utility is None else selection.UTILITY_FRACTION * ctx.target_utility
     return {
         "target_model_utility": ctx.target_utility,
@@ -251,6 +234,33 @@ def run_setting(
         "choices": ctx.choices,
         "finetune": ctx.finetune_info,
     }
+
+
+def run_method(ctx: Context, method: str, weights: str | None) -> None:
+    """One MOX method (weights None: all of its rows) or one baseline on `weights`; under --recorded-only a
+    choice whose runs are not all on disk is left out."""
+    try:
+        if weights is None:
+            run_mox(ctx, method)
+        else:
+            run_baseline(ctx, method, weights)
+    except NotRecorded as missing:
+        log(f"{method}{'' if weights is None else f' ({weights})'}: choices from here on left out, {missing}")
+
+
+def run_setting(ctx: Context, methods: list[str]) -> dict:
+    ctx.out_dir.mkdir(parents=True, exist_ok=True)
+    prepare_references(ctx)
+    log(f"{ctx.setting.name}: target model utility {ctx.target_utility}")
+    families = method_families()
+    for method in methods:
+        if families[method] == MOX_FAMILY:
+            run_method(ctx, method, None)
+    for weights in WEIGHTS:  # every method's LoRA runs before any full-weight run
+        for method in methods:
+            if families[method] != MOX_FAMILY and weights in ctx.scale.weights_of(method, families[method]):
+                run_method(ctx, method, weights)
+    return setting_summary(ctx)
 
 
 def merged_settings(earlier: dict, results: dict) -> dict:
@@ -270,8 +280,18 @@ def check_tofu(scale: Scale, tofu: str) -> None:
         raise SystemExit(f"--tofu: folder {tofu} not found (give the TOFU folder, or a Hub id such as locuslab/TOFU)")
 
 
-def run_benchmark(scale_name, seed, methods=None, out=DEFAULT_OUT, cache=None, settings=None, tofu=DEFAULT_TOFU):
-    """One scale and seed (optionally some methods / settings); returns the folder of its result JSON."""
+def run_benchmark(
+    scale_name,
+    seed,
+    methods=None,
+    out=DEFAULT_OUT,
+    cache=None,
+    settings=None,
+    tofu=DEFAULT_TOFU,
+    recorded_only=False,
+):
+    """One scale and seed (optionally some methods / settings); returns the folder of its result JSON.
+    recorded_only: train and evaluate no unlearning run; record the choices whose runs are all on disk."""
     scale = with_tofu(SCALES[scale_name], tofu)
     known = [s.name for s in scale.settings]
     if settings and (unknown := [s for s in settings if s not in known]):
@@ -286,22 +306,47 @@ def run_benchmark(scale_name, seed, methods=None, out=DEFAULT_OUT, cache=None, s
     start, seed_dir = time.perf_counter(), out / scale.name / f"seed{seed}"
     seed_dir.mkdir(parents=True, exist_ok=True)
     log(f"scale {scale.name}, seed {seed}, methods {chosen_methods} -> {seed_dir}")
-    results = {s.name: run_setting(scale, seed, s, chosen_methods, out, cache, fixed[s.name]) for s in chosen}
     selection_file = seed_dir / "selection.json"
-    earlier = read_json(selection_file)
-    from llm_unlearn.utils import atomic_write_json
+    earlier = read_json(selection_file)  # read once: each write below replaces this invocation's own entry
+    results: dict = {}
 
-    every_method = [*[m for m in earlier.get("methods", []) if m not in chosen_methods], *chosen_methods]
-    record = {"rule": selection.SELECTION_RULE, "utility_fraction": selection.UTILITY_FRACTION}
-    record |= {"scale": scale_manifest(scale), "seed": seed, "methods": every_method}
-    record |= {"settings": merged_settings(earlier.get("settings", {}), results)}
-    seconds, environment = round(time.perf_counter() - start, 1), runtime_info()
-    # Every invocation (chunk) of this seed so far: what it ran and how long it took.
-    chunk = {"settings": [s.name for s in chosen], "methods": chosen_methods, "wall_time_s": seconds}
-    chunk |= {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "git_commit": environment.get("git_commit")}
-    record |= {"invocations": [*earlier.get("invocations", []), chunk]}
-    record |= {"wall_time_s_this_invocation": seconds, "environment": environment}
-    atomic_write_json(selection_file, record)
+    def write_selection(complete: bool) -> None:
+        """selection.json as of now: rewritten after every choice, so an interrupted chunk keeps what it chose."""
+        from llm_unlearn.utils import atomic_write_json
+
+        every_method = [*[m for m in earlier.get("methods", []) if m not in chosen_methods], *chosen_methods]
+        record = {"rule": selection.SELECTION_RULE, "utility_fraction": selection.UTILITY_FRACTION}
+        record |= {"scale": scale_manifest(scale), "seed": seed, "methods": every_method}
+        record |= {"settings": merged_settings(earlier.get("settings", {}), results)}
+        seconds, environment = round(time.perf_counter() - start, 1), runtime_info()
+        # Every invocation (chunk) of this seed so far: what it ran, how long it took, whether it finished.
+        chunk = {"settings": [s.name for s in chosen], "methods": chosen_methods, "wall_time_s": seconds}
+        chunk |= {"complete": complete, "recorded_only": recorded_only}
+        chunk |= {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "git_commit": environment.get("git_commit")}
+        record |= {"invocations": [*earlier.get("invocations", []), chunk]}
+        record |= {"wall_time_s_this_invocation": seconds, "environment": environment}
+        atomic_write_json(selection_file, record)
+
+    for setting in chosen:
+        ctx = Context(
+            scale=scale,
+            seed=seed,
+            setting=setting,
+            out_dir=seed_dir,
+            cache=cache,
+            work_dir=cache / "work" / scale.name / f"seed{seed}" / setting.name,
+            base_model=resolve_base_model(scale, cache),
+            fixed=fixed[setting.name],
+            recorded_only=recorded_only,
+        )
+
+        def checkpoint(ctx=ctx) -> None:
+            results[ctx.setting.name] = setting_summary(ctx)
+            write_selection(complete=False)
+
+        ctx.checkpoint = checkpoint
+        results[setting.name] = run_setting(ctx, chosen_methods)
+    write_selection(complete=True)
     log(f"done in {(time.perf_counter() - start) / 60:.1f} min -> {seed_dir}")
     return seed_dir
 
@@ -315,6 +360,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tofu", default=DEFAULT_TOFU, help=f"TOFU folder or Hub id (default: {DEFAULT_TOFU})")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="results root (default: benchmarks/results)")
     parser.add_argument("--cache", help="models and work folders (default: $LLM_UNLEARN_CACHE/bench)")
+    parser.add_argument(
+        "--recorded-only",
+        action="store_true",
+        help="run no unlearning: rewrite selection.json from the results on disk (after an interrupted chunk); "
+        "a choice that needs a missing run is left out",
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -323,7 +374,9 @@ def main(argv: list[str] | None = None) -> int:
 
         if not torch.cuda.is_available():
             log("warning: the gpu scale is sized for a CUDA GPU; on CPU it will take days")
-    run_benchmark(args.scale, args.seed, args.methods, args.out, args.cache, args.settings, args.tofu)
+    run_benchmark(
+        args.scale, args.seed, args.methods, args.out, args.cache, args.settings, args.tofu, args.recorded_only
+    )
     return 0
 
 

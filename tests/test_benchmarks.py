@@ -198,6 +198,44 @@ def test_toy_benchmark_resumes_without_running_anything(toy_run, monkeypatch):
     assert {p.name: p.read_text() for p in seed_dir.glob("f1-*.json")} == before
 
 
+def test_an_interrupted_chunk_keeps_its_choices_and_recorded_only_finishes_it(toy_run, tmp_path, monkeypatch):
+    """selection.json is rewritten after every choice: a chunk killed in GA-LoRA keeps the MOX choices (marked
+    incomplete), and --recorded-only then records every choice whose runs are on disk, running nothing."""
+    import shutil
+
+    import llm_unlearn.stages
+
+    out, cache, seed_dir = toy_run
+    copy = tmp_path / "results"
+    shutil.copytree(seed_dir, copy / "toy" / "seed0")
+    (copy / "toy" / "seed0" / "selection.json").unlink()
+    (copy / "toy" / "seed0" / "f1-lora-ga-lr1e-4.json").unlink()
+
+    def killed(spec, options):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(selection, "passes", lambda result, target, fraction=0.9: result.get("learning_rate") != 1e-3)
+    monkeypatch.setattr(llm_unlearn.stages, "run_unlearn", killed)
+    with pytest.raises(KeyboardInterrupt):
+        rb.run_benchmark("toy", 0, ["mox", "ga"], copy, cache, settings=["f1"])
+    partial = json.loads((copy / "toy" / "seed0" / "selection.json").read_text())
+    assert set(partial["settings"]["f1"]["choices"]) == {
+        "f1/lora/mox",
+        "f1/lora/mox_momentum",
+        "f1/full/mox",
+        "f1/full/mox_momentum",
+    }
+    assert partial["invocations"][-1]["complete"] is False
+
+    for stage in ("run_finetune", "run_unlearn", "run_extrapolate", "run_evaluate"):
+        monkeypatch.setattr(llm_unlearn.stages, stage, killed)
+    rb.run_benchmark("toy", 0, ["mox", "ga"], copy, cache, settings=["f1"], recorded_only=True)
+    record = json.loads((copy / "toy" / "seed0" / "selection.json").read_text())
+    assert "f1/lora/ga" not in record["settings"]["f1"]["choices"]  # its lr 1e-4 run is missing
+    assert record["settings"]["f1"]["choices"]["f1/full/ga"]["run"] == "f1-full-ga-lr1e-4"
+    assert [(c["complete"], c["recorded_only"]) for c in record["invocations"]] == [(False, False), (True, True)]
+
+
 def test_a_failed_run_is_recorded_and_the_benchmark_goes_on(toy_run, tmp_path, monkeypatch):
     """Every GA training raises: each grid point gets a failure JSON, the smallest is kept (flagged), and the
     benchmark still writes selection.json. The cached target and retain models are reused."""

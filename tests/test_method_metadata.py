@@ -238,11 +238,11 @@ def test_the_benchmark_places_a_new_method_by_its_family(toy_registered, monkeyp
     assert rb.registered_methods(None, scale)[-1] == "toy"
     assert rb.registered_methods(["toy"], scale) == ["toy"]
     calls = []
-    monkeypatch.setattr(rb, "resolve_base_model", lambda scale, cache: "tiny")
     monkeypatch.setattr(rb, "prepare_references", lambda ctx: None)
     monkeypatch.setattr(rb, "run_mox", lambda ctx, method: calls.append(("mox", method)))
     monkeypatch.setattr(rb, "run_baseline", lambda ctx, method, weights: calls.append((weights, method)))
-    rb.run_setting(scale, 0, scale.settings[0], ["ga", "toy", "mox"], tmp_path / "out", tmp_path / "cache")
+    ctx = rb.Context(scale, 0, scale.settings[0], tmp_path / "out", tmp_path / "cache", tmp_path / "work", "tiny")
+    rb.run_setting(ctx, ["ga", "toy", "mox"])
     assert calls == [("mox", "mox"), ("lora", "ga"), ("lora", "toy"), ("full", "ga"), ("full", "toy")]
     assert rb.scale_manifest(scale)["families"]["toy"] == "descent"
     # A family without a learning-rate grid in the scale is refused before anything runs.
