@@ -297,9 +297,10 @@ PROTOCOL = Scale(
     },
     alphas=(16.0, 8.0, 4.0, 2.0, 1.0, 0.5),
     eval_options={"batch_size": 20, "max_new_tokens": 200},
-    # Generation dominates: a 200-token answer takes about 2 s per row on the 2-core CPU, so forget + holdout
-    # (80) + real authors (100) + world facts (117) already take about 8 minutes; 40 retain rows keep one
-    # forget01 evaluation near 10 minutes.
+    # Generation dominates (up to 200 new tokens per row, 377 rows with 40 retain rows). Measured on the 2-core
+    # CPU: 5 to 6.5 minutes for a model that still ends its answers (retain 383 s, target 368 s, MOX α = 4 and
+    # 8), 13 minutes for one that runs every answer to the 200-token cap (MOX α = 16). More retain rows would
+    # push a broken model's evaluation past 15 minutes; 40 of the 160 retain rows keep the worst case near 13.
     eval_rows={"retain": 40},
     method_settings={"sfron": {"fisher_samples": 32, "fisher_batch_size": 8}},
     fmt={"system_prompt": ""},
