@@ -491,6 +491,12 @@ def devices_line(scale: dict) -> str:
     return f"Measured on: {'; '.join(machines)}."
 
 
+def chunk_state(chunk: dict) -> str:
+    if chunk.get("recorded_only"):
+        return "recorded only (ran nothing)"
+    return {True: "complete", False: "interrupted (time to its last choice)"}.get(chunk.get("complete"), "–")
+
+
 def chunk_rows(scale: dict) -> list[list[str]]:
     """One row per recorded invocation of run_benchmark.py (an older selection file: its last one only)."""
     rows = []
@@ -498,7 +504,7 @@ def chunk_rows(scale: dict) -> list[list[str]]:
         record = scale["selection"][seed]
         last = {
             "settings": list(record.get("settings", {})),
-            "methods": record.get("methods", []),
+            "methods": ["(not recorded: the file's methods are every invocation's)"],
             "wall_time_s": record.get("wall_time_s_this_invocation"),
             "git_commit": (record.get("environment") or {}).get("git_commit"),
         }
@@ -509,6 +515,7 @@ def chunk_rows(scale: dict) -> list[list[str]]:
                     ", ".join(chunk["settings"]),
                     ", ".join(chunk["methods"]),
                     fmt_number(chunk["wall_time_s"] / 60),
+                    chunk_state(chunk),
                     chunk.get("finished", "–"),
                     (chunk.get("git_commit") or "–")[:7],
                 ]
@@ -604,7 +611,8 @@ def render(results: Path, readme_dir: Path, write_plots: bool = True) -> str:
         chunks = chunk_rows(scale)
         if chunks:
             lines += [f"<details><summary>{name}: chunks run (one invocation each)</summary>", ""]
-            lines += table(["seed", "settings", "methods", "wall time (min)", "finished", "commit"], chunks)
+            header = ["seed", "settings", "methods", "wall time (min)", "state", "finished", "commit"]
+            lines += table(header, chunks)
             lines += ["", "</details>", ""]
         if write_plots:
             plot = plot_scale(name, scale, results)

@@ -324,7 +324,7 @@ def test_protocol_rules_stop_the_sweep_at_the_first_pass_and_reuse_seed_0s_choic
         "wall_time_s"
     ] > 0
     rows = make_tables.chunk_rows({"selection": {1: record1}})
-    assert rows[0][:3] == ["1", "f1", "mox, ga"]
+    assert rows[0][:3] == ["1", "f1", "mox, ga"] and rows[0][4] == "complete"
     chosen1 = record1["settings"]["f1"]["choices"]
     assert set(chosen1) == set(chosen0)
     for key, choice in chosen1.items():
