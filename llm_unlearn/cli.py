@@ -144,8 +144,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    # peft imports bitsandbytes when installed; its CPU build warns about optional kernels at import.
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    # peft imports bitsandbytes when installed; its CPU build warns about optional kernels at import, and the
+    # `kernels` package it loads them with warns (kernels 0.19) that offline mode skips its publisher check.
+    for noisy in ("bitsandbytes", "kernels"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
