@@ -18,14 +18,13 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from run_benchmark import WEIGHTS as WEIGHTS_ORDER
 from run_benchmark import table_rows
 from scales import TOFU_TABLE_METRICS
 
 REPO = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- tables:begin -->", "<!-- tables:end -->"
 SCALE_ORDER = ("protocol", "gpu", "cpu", "toy")
-
-WEIGHTS_ORDER = ("lora", "full")
 
 
 def load_results(results: Path) -> dict:
