@@ -192,6 +192,22 @@ def write_result(path: Path, payload: dict) -> None:
     atomic_write_json(path, {**payload, "environment": runtime_info()})
 
 
+# The per-row values a result keeps (set -> metrics): what forget quality and the membership AUC are computed
+# from, so a table can recompute them on a subset of the rows (the forget validation split, selection.py).
+PER_SAMPLE_KEPT = {"forget": ("truth_ratio", "mia_loss"), "holdout": ("mia_loss",)}
+
+
+def per_sample_record(eval_dir: Path) -> dict:
+    """{set: {metric: {row: value}}} of PER_SAMPLE_KEPT from an evaluation's per_sample.json ({} if none)."""
+    path = eval_dir / "per_sample.json"
+    rows = read_json(path) if path.is_file() else {}
+    kept = {
+        name: {metric: rows[name][metric] for metric in metrics if metric in rows.get(name, {})}
+        for name, metrics in PER_SAMPLE_KEPT.items()
+    }
+    return {name: values for name, values in kept.items() if values}
+
+
 def eval_record(summary: dict) -> dict:
     return {
         "metrics": summary.get("metrics", {}),
@@ -220,6 +236,12 @@ def prepare_references(ctx: Context) -> None:
         eval_dir = reference_dir if which == "retain" else Path(model_path).parent / f"eval-{eval_key}"
         if result.is_file() and (which != "retain" or Path(ctx.reference_log).is_file()):
             summary = json.loads(result.read_text())
+            if "per_sample" not in summary and (eval_dir / "per_sample.json").is_file():
+                # Results written before per-row values were kept: add them from the same evaluation's log.
+                from llm_unlearn.utils import atomic_write_json
+
+                summary["per_sample"] = per_sample_record(eval_dir)
+                atomic_write_json(result, summary)
         else:
             log(f"evaluating the {which} model")
             run = RecipeRun(ctx.recipes / "evaluate_retain.yaml", [f"model.name_or_path={yaml_value(model_path)}"])
@@ -239,6 +261,7 @@ def prepare_references(ctx: Context) -> None:
                 "peak_memory_mb": {"finetune": info.get("peak_memory_mb"), "evaluate": peak},
                 "peak_memory_kind": PeakMemory().kind,
                 **eval_record(metrics),
+                "per_sample": per_sample_record(eval_dir),
             }
             write_result(result, summary)
         if which == "target":
@@ -286,6 +309,7 @@ def record_run(ctx: Context, name: str, labels: dict, trained: Trained, model_di
         "peak_memory_kind": PeakMemory().kind,
         "note": note,
         **eval_record(summary),
+        "per_sample": per_sample_record(model_dir / "eval"),
     }
     write_result(ctx.result_path(name), payload)
     return payload

@@ -18,8 +18,9 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+import selection
+from run_benchmark import VALIDATION_VARIANT, table_rows
 from run_benchmark import WEIGHTS as WEIGHTS_ORDER
-from run_benchmark import table_rows
 from scales import TOFU_TABLE_METRICS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -264,6 +265,8 @@ def selected_rows(scale: dict, setting: str, cost: dict | None) -> list[list[str
         choices = scale["selection"].get(seed, {}).get("settings", {}).get(setting, {}).get("choices", {})
         keys += [k for k in choices if k not in keys]
     for key in sorted(keys, key=choice_order):
+        if key.endswith(f"+{VALIDATION_VARIANT}"):  # its forget quality counts test rows only: its own table
+            continue
         chosen = []
         for seed in seeds:
             choice = scale["selection"].get(seed, {}).get("settings", {}).get(setting, {}).get("choices", {}).get(key)
@@ -324,6 +327,47 @@ def headline_rows(scale: dict, setting: str) -> list[list[str]]:
                 + [fmt_number(d) for d in differences]
                 + [f"{ahead} ahead, {behind} behind, {len(known) - ahead - behind} tied", aggregate(utilities)]
             )
+    return rows
+
+
+VALIDATION_COMPARED = ("ga", "npo", "task_vector")  # the baselines the validation-split table shows
+
+
+def validation_rows(scale: dict, setting: str) -> list[list[str]]:
+    """MOX-LoRA with α by the utility rule and by the forget validation split, and the LoRA baselines it is
+    compared with, all with forget quality on the split's test rows (mean ± sd over seeds). Empty when no seed
+    made the validation-split choice."""
+    seeds = sorted(scale["runs"])
+    key_of = {
+        "mox": f"{setting}/lora/mox",
+        f"mox+{VALIDATION_VARIANT}": f"{setting}/lora/mox+{VALIDATION_VARIANT}",
+        **{method: f"{setting}/lora/{method}" for method in VALIDATION_COMPARED},
+    }
+    if not any(chosen_run(scale, seed, key_of[f"mox+{VALIDATION_VARIANT}"]) for seed in seeds):
+        return []
+    utility = manifest_of(scale).get("utility_metric", "model_utility")
+    rows = []
+    for name, key in key_of.items():
+        runs = [(seed, chosen_run(scale, seed, key)) for seed in seeds]
+        runs = [(seed, run) for seed, run in runs if run]
+        if not runs:
+            continue
+        test_fq = [
+            selection.forget_quality_on_test_rows(run, scale["runs"][seed].get(f"{setting}-retain") or {})
+            for seed, run in runs
+        ]
+        label = "MOX (α: the largest that passes)" if name == "mox" else variant_label(name)
+        rows.append(
+            [
+                label,
+                ", ".join(sorted({fmt_lr(run.get("learning_rate")) for _, run in runs})),
+                ", ".join(sorted({fmt_number(run["alpha"]) for _, run in runs if run.get("alpha") is not None})) or "–",
+                aggregate(test_fq),
+                aggregate([run["metrics"].get("forget_quality") for _, run in runs]),
+                aggregate([run["metrics"].get(utility) for _, run in runs]),
+                f"{sum(v is not None for v in test_fq)} of {len(runs)}",
+            ]
+        )
     return rows
 
 
@@ -604,6 +648,18 @@ def render(results: Path, readme_dir: Path, write_plots: bool = True) -> str:
             if sweep:
                 lines += [f"#### {setting}: MOX-LoRA α sweep", ""]
                 lines += table(["α", "lr"] + [h for _, h in table_metrics(scale)], sweep) + [""]
+            validated = validation_rows(scale, setting)
+            if validated:
+                lines += [f"#### {setting}: α chosen on a forget validation split", "", selection.VALIDATION_RULE, ""]
+                utility = dict(table_metrics(scale)).get(manifest_of(scale).get("utility_metric", "model_utility"))
+                header = ["method", "lr", "α", "forget quality, test rows ↑", "forget quality, all rows ↑"]
+                lines += table(header + [utility or "utility", "seeds with per-row values"], validated)
+                lines += [
+                    "",
+                    "Every row is LoRA at its selected settings. A result recorded before results kept their per-row "
+                    "values has no test-rows forget quality ('–').",
+                    "",
+                ]
             lines += [f"<details><summary>{setting}: every evaluated run</summary>", ""]
             header = ["run", "seed"] + [h for _, h in table_metrics(scale)] + ["train s", "eval s", "status"]
             lines += table(header, all_runs_rows(scale, setting)) + ["", "</details>", ""]

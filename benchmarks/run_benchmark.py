@@ -47,6 +47,7 @@ from scales import MOX_FAMILY, SCALES, MoxVariant, Scale, Setting, method_famili
 DEFAULT_OUT = REPO / "benchmarks" / "results"
 VARIANT_LABELS = {"": "", "_momentum": "-momentum"}  # suffix of a MOX variant's name in the tables
 WEIGHTS = ("lora", "full")
+VALIDATION_VARIANT = "forget_validation"  # the choice of plain MOX's α on a forget validation split
 
 
 def table_rows() -> dict[str, str]:
@@ -145,6 +146,8 @@ def run_mox(ctx: Context, method: str) -> None:
             choose_along_grid(
                 ctx, f"{weights}/{variant}", grid, run_at, alpha_star=alpha_star, **ctx.fixed_details(key)
             )
+    if ctx.scale.forget_validation:  # before the variants: it trains nothing new
+        run_forget_validation(ctx, method, lr_star, alpha_star)
     for change in ctx.scale.mox_variants:
         run_mox_variant(ctx, method, change, lr_star, alpha_star)
 
@@ -170,6 +173,55 @@ def run_mox_variant(ctx: Context, method: str, change: MoxVariant, lr_star: floa
         "evaluated": [run_name(ctx, weights, name, lr, alpha) for alpha in sweep],
         "alpha_star": chosen,
         "mox_variant": change.name,
+        **ctx.fixed_details(key),
+    }
+    ctx.checkpoint()
+
+
+def with_per_sample(ctx: Context, method: str, weights: str, lr: float, alpha: float, result: dict) -> dict:
+    """`result`, evaluated again if it passes the utility rule but was recorded before results kept their per-row
+    values (the θ_for is
+    rebuilt from the memorization run in the work folder, so the numbers should not move; the log says if they
+    do)."""
+    if "per_sample" in result or not selection.passes(result, ctx.target_utility):
+        return result  # a failing α is no candidate: its per-row values are not needed
+    plain = variant_names(method)[0]
+    path = ctx.result_path(run_name(ctx, weights, plain, lr, alpha))
+    ctx.check_recorded(path.stem)
+    log(f"{path.name} has no per-row values: evaluating it again")
+    earlier = ctx.work_dir / f"{path.stem}.before-per-sample.json"
+    earlier.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(path, earlier)  # kept outside the results until the new one is written
+    again = mox_grid_point(ctx, method, weights, lr, [alpha], None)[(plain, alpha)]
+    for metric in ("forget_quality", ctx.scale.utility_metric):
+        old, new = result["metrics"].get(metric), again.get("metrics", {}).get(metric)
+        log(f"  {metric}: {old} before, {new} now")
+    return again
+
+
+def run_forget_validation(ctx: Context, method: str, lr_star: float, alpha_star: float) -> None:
+    """Plain MOX at lr* over the whole α sweep (every α, on the first weights), its α chosen by
+    selection.VALIDATION_RULE instead of the largest that passes."""
+    weights = ctx.scale.mox_weights[0]
+    plain = variant_names(method)[0]
+    key = f"{ctx.setting.name}/{weights}/{plain}+{VALIDATION_VARIANT}"
+    fixed = ctx.fixed.get(key)
+    lr = fixed["learning_rate"] if fixed else lr_star
+    alphas = [fixed["alpha"]] if fixed else list(ctx.scale.alphas)
+    sweep = {}
+    for alpha in alphas:
+        result = mox_grid_point(ctx, method, weights, lr, [alpha], None)[(plain, alpha)]
+        sweep[alpha] = with_per_sample(ctx, method, weights, lr, alpha, result)
+    best, table = selection.validated_alpha(sweep, ctx.target_utility)
+    chosen = alphas[0] if fixed else best if best is not None else alpha_star
+    ctx.choices[key] = {
+        "run": run_name(ctx, weights, plain, lr, chosen),
+        "met_rule": table[chosen]["passes"] and table[chosen]["validation_mia_auc"] is not None,
+        "evaluated": [run_name(ctx, weights, plain, lr, alpha) for alpha in sweep],
+        "alpha_star": chosen,
+        "alpha_star_by_utility": alpha_star,
+        "mox_variant": VALIDATION_VARIANT,
+        "validation": {"rule": selection.VALIDATION_RULE, "per_alpha": {f"{a:g}": row for a, row in table.items()}},
         **ctx.fixed_details(key),
     }
     ctx.checkpoint()
@@ -203,6 +255,8 @@ def choice_keys(scale: Scale, setting: Setting, methods: list[str]) -> list[str]
             for change in scale.mox_variants:
                 name = variant_names(method, change)[1 if change.momentum else 0]
                 keys.append(f"{setting.name}/{scale.mox_weights[0]}/{name}")
+            if scale.forget_validation:
+                keys.append(f"{setting.name}/{scale.mox_weights[0]}/{names[0]}+{VALIDATION_VARIANT}")
     return keys
 
 

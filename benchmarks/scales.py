@@ -81,6 +81,9 @@ class Scale:
     # The seed whose selection (learning rate, α*) every other seed reruns as it is; None: each seed selects its
     # own. Selecting once keeps the other seeds an honest measure of seed-to-seed spread at fixed settings.
     select_on_seed: int | None = None
+    # True: also choose plain MOX's α on a validation split of the forget set (selection.VALIDATION_RULE), over
+    # every α of the sweep at lr*; needs a holdout set (TOFU).
+    forget_validation: bool = False
 
     def weights_of(self, method: str, family: str) -> tuple[str, ...]:
         """The weights `method` runs with at this scale: the MOX family's, or its own, or the baselines'."""
@@ -127,6 +130,7 @@ def scale_manifest(scale: Scale) -> dict:
         "table_metrics": [list(pair) for pair in scale.table_metrics],
         "plot_axes": list(scale.plot_axes),
         "mox_variants": [asdict(variant) for variant in scale.mox_variants],
+        "forget_validation": scale.forget_validation,
         "families": method_families(),
     }
 
@@ -308,6 +312,7 @@ PROTOCOL = Scale(
     sweep_every_alpha=False,
     select_on_seed=0,
     mox_variants=PROTOCOL_MOX_VARIANTS,
+    forget_validation=True,
 )
 
 NEWS = Scale(

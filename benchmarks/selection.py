@@ -8,6 +8,8 @@ when none passes, the smallest is kept and flagged. MOX: a grid point is one mem
 
 from __future__ import annotations
 
+import math
+
 UTILITY_FRACTION = 0.9
 SELECTION_RULE = (
     "Every run is the last checkpoint of one fixed budget (same optimizer steps and batch sizes for every method). "
@@ -70,3 +72,63 @@ def sweep_choice(grid, sweeps: list[dict[float, dict]], target_utility: float | 
         if best is not None:
             return lr, best, True
     return grid[len(sweeps) - 1], min(sweeps[-1]), False
+
+
+# ---- α on a forget validation split (a MOX variant of the protocol scale) ---------------------------------------
+
+VALIDATION_RULE = (
+    "α chosen on a forget validation split: the forget rows are split by position (even positions validate, odd "
+    "ones test). Among the α of plain MOX's sweep at lr* that pass the utility rule, the chosen α is the one whose "
+    "unlearned model tells the validation rows from the holdout rows least well (loss-based membership AUC "
+    "closest to 0.5; the larger α on a tie). Holdout rows were never trained on, so the rule needs no retain "
+    "model. Forget quality is then reported on the test rows only, for every method it is compared with."
+)
+
+
+def forget_split(result: dict) -> tuple[list[str], list[str]] | None:
+    """(validation rows, test rows) of the result's forget set: even and odd positions in row order; None when
+    the result kept no per-row values."""
+    rows = (result.get("per_sample") or {}).get("forget", {}).get("mia_loss")
+    if not rows:
+        return None
+    ordered = sorted(rows, key=int)
+    return ordered[0::2], ordered[1::2]
+
+
+def validation_auc(result: dict, rows: list[str]) -> float | None:
+    """Loss-based membership AUC of the forget `rows` against every holdout row (None without per-row values)."""
+    from llm_unlearn.evaluation.mia import mia_auc
+
+    per_sample = result.get("per_sample") or {}
+    forget = per_sample.get("forget", {}).get("mia_loss") or {}
+    holdout = per_sample.get("holdout", {}).get("mia_loss") or {}
+    if not holdout or any(row not in forget for row in rows):
+        return None
+    value = mia_auc([forget[row] for row in rows], list(holdout.values()))
+    return value if math.isfinite(value) else None
+
+
+def validated_alpha(sweep: dict[float, dict], target_utility, fraction: float = UTILITY_FRACTION):
+    """(chosen α or None, {α: {"passes", "validation_mia_auc"}}) by VALIDATION_RULE over an α sweep."""
+    table = {}
+    for alpha, result in sweep.items():
+        split = forget_split(result)
+        auc = validation_auc(result, split[0]) if split else None
+        table[alpha] = {"passes": passes(result, target_utility, fraction), "validation_mia_auc": auc}
+    candidates = [a for a, row in table.items() if row["passes"] and row["validation_mia_auc"] is not None]
+    if not candidates:
+        return None, table
+    return min(candidates, key=lambda a: (abs(table[a]["validation_mia_auc"] - 0.5), -a)), table
+
+
+def forget_quality_on_test_rows(result: dict, reference: dict) -> float | None:
+    """Forget quality (KS p-value of truth ratios against the retain model's) on the test rows of the forget
+    split only; None when either result kept no per-row truth ratios."""
+    from llm_unlearn.evaluation.metrics import forget_quality
+
+    split = forget_split(result)
+    ours = (result.get("per_sample") or {}).get("forget", {}).get("truth_ratio") or {}
+    theirs = (reference.get("per_sample") or {}).get("forget", {}).get("truth_ratio") or {}
+    if not split or any(row not in ours or row not in theirs for row in split[1]):
+        return None
+    return forget_quality([ours[row] for row in split[1]], [theirs[row] for row in split[1]])

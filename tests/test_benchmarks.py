@@ -547,3 +547,122 @@ def test_headline_rows_give_each_seeds_forget_quality_difference_and_a_sign_coun
     assert [float(v) for v in ga[:2]] == pytest.approx([0.4, -0.1])
     assert ga[2] == "1 ahead, 1 behind, 0 tied"
     assert rows["MOX (lora) − npo (lora)"][2] == "1 ahead, 0 behind, 1 tied"
+
+
+def per_row_result(forget_losses: dict, holdout_losses: dict, ratios=None, utility=1.0, alpha=None) -> dict:
+    forget = {"mia_loss": forget_losses, **({"truth_ratio": ratios} if ratios else {})}
+    return {
+        "alpha": alpha,
+        "metrics": {"model_utility": utility},
+        "per_sample": {"forget": forget, "holdout": {"mia_loss": holdout_losses}},
+    }
+
+
+def test_the_validation_split_picks_the_alpha_whose_validation_rows_look_least_like_members():
+    """Rows split by position in numeric order ('2' before '10'): even positions validate. Membership AUC by
+    hand (a holdout row counts when its loss is above a forget row's): α 8 fails the utility rule although its
+    AUC is exactly 0.5; α 4 (AUC 3/4) and α 2 (AUC 1/4) tie at 0.25 from 0.5, so the larger wins; α 1 (AUC 1)
+    loses. A result without per-row values is no candidate."""
+    holdout = {"50": 3.0, "51": 4.0}
+
+    def losses(first, third):  # rows in order 0, 2, 3, 10: rows '0' and '3' validate, '2' and '10' test
+        return {"10": 99.0, "0": first, "3": third, "2": -99.0}
+
+    sweep = {
+        8.0: per_row_result(losses(3.5, 3.5), holdout, utility=0.1),  # forget 3.5 vs 3 and 4: 2 of 4 pairs
+        4.0: per_row_result(losses(3.5, 2.5), holdout),
+        2.0: per_row_result(losses(3.5, 4.5), holdout),
+        1.0: per_row_result(losses(1.0, 2.0), holdout),
+        0.5: {"metrics": {"model_utility": 1.0}},
+    }
+    assert selection.forget_split(sweep[4.0]) == (["0", "3"], ["2", "10"])
+    chosen, table = selection.validated_alpha(sweep, target_utility=1.0)
+    assert chosen == 4.0
+    assert {a: row["validation_mia_auc"] for a, row in table.items()} == {
+        8.0: 0.5,
+        4.0: 0.75,
+        2.0: 0.25,
+        1.0: 1.0,
+        0.5: None,
+    }
+    assert [a for a, row in table.items() if row["passes"]] == [4.0, 2.0, 1.0, 0.5]
+    assert selection.validated_alpha({8.0: sweep[8.0], 0.5: sweep[0.5]}, target_utility=1.0)[0] is None
+
+
+def test_test_rows_forget_quality_is_the_ks_p_value_of_the_odd_positions_only():
+    from scipy.stats import ks_2samp
+
+    rows = [str(i) for i in range(10)]
+    ours = {row: 0.1 * (i + 1) for i, row in enumerate(rows)}
+    theirs = {row: 0.3 + 0.05 * i for i, row in enumerate(rows)}
+    result = per_row_result(dict.fromkeys(rows, 1.0), {"h": 2.0}, ratios=ours)
+    reference = {"per_sample": {"forget": {"truth_ratio": theirs}}}
+    odd = rows[1::2]
+    expected = ks_2samp([ours[r] for r in odd], [theirs[r] for r in odd]).pvalue
+    assert selection.forget_quality_on_test_rows(result, reference) == pytest.approx(expected)
+    assert expected != pytest.approx(ks_2samp(list(ours.values()), list(theirs.values())).pvalue)
+    assert selection.forget_quality_on_test_rows(result, {}) is None
+
+
+def test_forget_validation_evaluates_every_passing_alpha_and_chooses_on_validation_rows(toy_run, tmp_path, monkeypatch):
+    """The validation-split choice on the toy model: plain MOX's sweep stops at its first pass (α 2), then the
+    choice evaluates the rest of the sweep; every result keeps its per-row values; a passing result recorded
+    without them is evaluated again to the same numbers; seed 1 reruns the chosen α; the table reads it."""
+    from dataclasses import replace
+
+    from sklearn.metrics import roc_auc_score
+
+    _, cache, _ = toy_run
+    scale = replace(
+        rb.SCALES["toy"],
+        name="toy_validation",
+        alphas=(4.0, 2.0, 0.5),
+        mox_weights=("lora",),
+        sweep_every_alpha=False,
+        select_on_seed=0,
+        forget_validation=True,
+    )
+    monkeypatch.setitem(rb.SCALES, scale.name, scale)
+    monkeypatch.setattr(selection, "passes", lambda result, target, fraction=0.9: result.get("alpha") != 4.0)
+    out = tmp_path / "out"
+    seed0 = rb.run_benchmark(scale.name, 0, ["mox"], out, cache, settings=["f1"])
+    names = [f"f1-lora-mox-lr1e-3-a{a}" for a in ("4", "2", "0.5")]
+    choices = json.loads((seed0 / "selection.json").read_text())["settings"]["f1"]["choices"]
+    assert choices["f1/lora/mox"]["evaluated"] == names[:2]  # the utility rule's sweep stopped at α 2
+    choice = choices["f1/lora/mox+forget_validation"]
+    assert choice["evaluated"] == names and choice["alpha_star_by_utility"] == 2.0
+
+    def expected_auc(name):  # by sklearn on the even positions, from the result file
+        per_sample = json.loads((seed0 / f"{name}.json").read_text())["per_sample"]
+        forget, holdout = per_sample["forget"]["mia_loss"], per_sample["holdout"]["mia_loss"]
+        rows = sorted(forget, key=int)[0::2]
+        scores = [forget[r] for r in rows] + list(holdout.values())
+        return roc_auc_score([0] * len(rows) + [1] * len(holdout), scores)
+
+    aucs = {2.0: expected_auc(names[1]), 0.5: expected_auc(names[2])}
+    assert choice["validation"]["per_alpha"]["2"]["validation_mia_auc"] == pytest.approx(aucs[2.0])
+    assert choice["alpha_star"] == min(aucs, key=lambda a: (abs(aucs[a] - 0.5), -a))
+    retain = json.loads((seed0 / "f1-retain.json").read_text())
+    assert set(retain["per_sample"]["forget"]["truth_ratio"]) == set(
+        json.loads((seed0 / f"{names[2]}.json").read_text())["per_sample"]["forget"]["truth_ratio"]
+    )
+
+    # A passing result from before per-row values were kept is evaluated again, to the same numbers.
+    path = seed0 / f"{names[2]}.json"
+    before = json.loads(path.read_text())
+    path.write_text(json.dumps({k: v for k, v in before.items() if k != "per_sample"}))
+    rb.run_benchmark(scale.name, 0, ["mox"], out, cache, settings=["f1"])
+    again = json.loads(path.read_text())
+    assert again["per_sample"] == before["per_sample"] and again["metrics"] == before["metrics"]
+    assert (cache / "work" / scale.name / "seed0" / "f1" / f"{names[2]}.before-per-sample.json").is_file()
+
+    seed1 = rb.run_benchmark(scale.name, 1, ["mox"], out, cache, settings=["f1"])
+    choice1 = json.loads((seed1 / "selection.json").read_text())["settings"]["f1"]["choices"]
+    assert choice1["f1/lora/mox+forget_validation"]["run"] == choice["run"]
+    assert choice1["f1/lora/mox+forget_validation"]["evaluated"] == [choice["run"]]
+
+    rows = make_tables.validation_rows(make_tables.load_results(out)[scale.name], "f1")
+    assert [row[0] for row in rows] == ["MOX (α: the largest that passes)", "MOX [forget_validation]"]
+    assert rows[1][2] == f"{choice['alpha_star']:g}" and rows[1][-1] == "2 of 2"
+    table_keys = [row[0] for row in make_tables.selected_rows(make_tables.load_results(out)[scale.name], "f1", None)]
+    assert not any("forget_validation" in label for label in table_keys)
