@@ -330,7 +330,8 @@ def headline_rows(scale: dict, setting: str) -> list[list[str]]:
     return rows
 
 
-VALIDATION_COMPARED = ("ga", "npo", "task_vector")  # the baselines the validation-split table shows
+VALIDATION_MOX = HEADLINE_PAIRS[0][0]  # the MOX method whose α the validation split chooses
+VALIDATION_COMPARED = tuple(theirs for _, theirs in HEADLINE_PAIRS)  # the baselines shown beside it
 
 
 def validation_rows(scale: dict, setting: str) -> list[list[str]]:
@@ -339,11 +340,11 @@ def validation_rows(scale: dict, setting: str) -> list[list[str]]:
     made the validation-split choice."""
     seeds = sorted(scale["runs"])
     key_of = {
-        "mox": f"{setting}/lora/mox",
-        f"mox+{VALIDATION_VARIANT}": f"{setting}/lora/mox+{VALIDATION_VARIANT}",
+        VALIDATION_MOX: f"{setting}/lora/{VALIDATION_MOX}",
+        f"{VALIDATION_MOX}+{VALIDATION_VARIANT}": f"{setting}/lora/{VALIDATION_MOX}+{VALIDATION_VARIANT}",
         **{method: f"{setting}/lora/{method}" for method in VALIDATION_COMPARED},
     }
-    if not any(chosen_run(scale, seed, key_of[f"mox+{VALIDATION_VARIANT}"]) for seed in seeds):
+    if not any(chosen_run(scale, seed, key_of[f"{VALIDATION_MOX}+{VALIDATION_VARIANT}"]) for seed in seeds):
         return []
     utility = manifest_of(scale).get("utility_metric", "model_utility")
     rows = []
@@ -356,7 +357,7 @@ def validation_rows(scale: dict, setting: str) -> list[list[str]]:
             selection.forget_quality_on_test_rows(run, scale["runs"][seed].get(f"{setting}-retain") or {})
             for seed, run in runs
         ]
-        label = "MOX (α: the largest that passes)" if name == "mox" else variant_label(name)
+        label = "MOX (α: the largest that passes)" if name == VALIDATION_MOX else variant_label(name)
         rows.append(
             [
                 label,
